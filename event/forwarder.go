@@ -1,0 +1,94 @@
+package event
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/ttrpc"
+)
+
+// namespaceHeader is the ttrpc metadata key containerd reads the namespace
+// from.
+const namespaceHeader = "containerd-namespace-ttrpc"
+
+// forwardTimeout bounds one Forward call.
+const forwardTimeout = 5 * time.Second
+
+// TTRPCForwarder forwards envelopes to containerd's ttrpc events service.
+// It dials lazily and redials after any failure, so a containerd restart
+// costs one failed attempt, not the shim.
+type TTRPCForwarder struct {
+	address string
+
+	mu     sync.Mutex
+	client *ttrpc.Client
+}
+
+// NewTTRPCForwarder returns a forwarder for containerd's ttrpc address
+// (a socket path, with or without a unix:// prefix).
+func NewTTRPCForwarder(address string) *TTRPCForwarder {
+	return &TTRPCForwarder{address: strings.TrimPrefix(address, "unix://")}
+}
+
+// Forward implements Forwarder.
+func (f *TTRPCForwarder) Forward(ctx context.Context, env *types.Envelope) error {
+	c, err := f.connect()
+	if err != nil {
+		return err
+	}
+	ctx = ttrpc.WithMetadata(ctx, ttrpc.MD{namespaceHeader: []string{env.Namespace}})
+	ctx, cancel := context.WithTimeout(ctx, forwardTimeout)
+	defer cancel()
+	_, err = eventsapi.NewTTRPCEventsClient(c).Forward(ctx, &eventsapi.ForwardRequest{Envelope: env})
+	if err != nil {
+		f.drop(c)
+		return fmt.Errorf("forward %s: %w", env.Topic, err)
+	}
+	return nil
+}
+
+func (f *TTRPCForwarder) connect() (*ttrpc.Client, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.client != nil {
+		return f.client, nil
+	}
+	if f.address == "" {
+		return nil, fmt.Errorf("event: no containerd ttrpc address")
+	}
+	conn, err := net.DialTimeout("unix", f.address, forwardTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("dial containerd at %s: %w", f.address, err)
+	}
+	f.client = ttrpc.NewClient(conn)
+	return f.client, nil
+}
+
+// drop closes c if it is still the current client, so the next attempt
+// dials afresh.
+func (f *TTRPCForwarder) drop(c *ttrpc.Client) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.client == c {
+		f.client.Close()
+		f.client = nil
+	}
+}
+
+// Close releases the connection.
+func (f *TTRPCForwarder) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.client == nil {
+		return nil
+	}
+	err := f.client.Close()
+	f.client = nil
+	return err
+}

@@ -1,0 +1,257 @@
+// Package event owns the order in which the shim's task events reach
+// containerd.
+//
+// Every task event (create, start, exec, OOM, exit, delete) goes through one
+// Sequencer: a single goroutine forwards a single ordered queue. A failed
+// forward is retried in place, with bounded backoff, so a later event can
+// never overtake an earlier one. Publish returns a Ticket that is done once
+// the event has been forwarded (or its retries ran out, which is logged);
+// callers that must not answer before an event is out (Wait) block on it.
+package event
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// ErrClosed is returned by Publish after Shutdown has begun.
+var ErrClosed = errors.New("event: sequencer is shut down")
+
+// Forwarder delivers one envelope to containerd.
+type Forwarder interface {
+	Forward(ctx context.Context, env *types.Envelope) error
+}
+
+// Ticket is done when its event has left the queue: forwarded, or dropped
+// after its retries ran out.
+type Ticket <-chan struct{}
+
+// Backoff bounds the in-place retries of one event.
+type Backoff struct {
+	Attempts int           // total forward attempts per event, at least 1
+	Initial  time.Duration // delay before the second attempt
+	Max      time.Duration // cap on any single delay
+}
+
+// DefaultBackoff retries for about ten seconds before giving an event up:
+// long enough to ride out a containerd restart's socket gap, short enough
+// that a Wait is never held for long.
+var DefaultBackoff = Backoff{Attempts: 9, Initial: 20 * time.Millisecond, Max: 3 * time.Second}
+
+type item struct {
+	env  *types.Envelope
+	done chan struct{}
+}
+
+// Sequencer is the single owner of task event order.
+type Sequencer struct {
+	namespace string
+	fwd       Forwarder
+	backoff   Backoff
+	now       func() time.Time
+
+	mu     sync.Mutex
+	queue  []item
+	closed bool
+
+	wake    chan struct{} // cap 1: queue became non-empty or closed
+	stopped chan struct{} // closed when the loop has returned
+	abort   chan struct{} // closed when Shutdown gives up waiting
+}
+
+// New starts a sequencer that stamps events with namespace and hands them to
+// fwd in order. Stop it with Shutdown.
+func New(namespace string, fwd Forwarder, backoff Backoff) *Sequencer {
+	if backoff.Attempts < 1 {
+		backoff.Attempts = 1
+	}
+	s := &Sequencer{
+		namespace: namespace,
+		fwd:       fwd,
+		backoff:   backoff,
+		now:       time.Now,
+		wake:      make(chan struct{}, 1),
+		stopped:   make(chan struct{}),
+		abort:     make(chan struct{}),
+	}
+	go s.loop()
+	return s
+}
+
+// Publish appends an event to the queue. It never blocks on the forward.
+func (s *Sequencer) Publish(ctx context.Context, topic string, ev proto.Message) (Ticket, error) {
+	any, err := typeurl.MarshalAnyToProto(ev)
+	if err != nil {
+		return nil, fmt.Errorf("marshal %s event: %w", topic, err)
+	}
+	it := item{
+		env: &types.Envelope{
+			Timestamp: timestamppb.New(s.now()),
+			Namespace: s.namespace,
+			Topic:     topic,
+			Event:     any,
+		},
+		done: make(chan struct{}),
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		log.G(ctx).WithField("topic", topic).Error("event published after shutdown; it is lost")
+		return nil, ErrClosed
+	}
+	s.queue = append(s.queue, it)
+	s.mu.Unlock()
+	s.signal()
+	return it.done, nil
+}
+
+func (s *Sequencer) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// next returns the head of the queue without removing it, or ok=false when
+// the queue is empty; closed reports whether Shutdown has begun.
+func (s *Sequencer) next() (it item, ok, closed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		return item{}, false, s.closed
+	}
+	return s.queue[0], true, s.closed
+}
+
+func (s *Sequencer) pop() {
+	s.mu.Lock()
+	s.queue[0] = item{}
+	s.queue = s.queue[1:]
+	if len(s.queue) == 0 {
+		s.queue = nil // let the backing array go
+	}
+	s.mu.Unlock()
+}
+
+func (s *Sequencer) loop() {
+	defer close(s.stopped)
+	defer s.release()
+	for {
+		it, ok, closed := s.next()
+		if !ok {
+			if closed {
+				return
+			}
+			select {
+			case <-s.wake:
+			case <-s.abort:
+				return
+			}
+			continue
+		}
+		s.deliver(it)
+		s.pop()
+		close(it.done)
+	}
+}
+
+// release marks whatever is still queued as done, so no caller waits on an
+// event that will never be forwarded. It only has work after an abort.
+func (s *Sequencer) release() {
+	s.mu.Lock()
+	rest := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	for _, it := range rest {
+		log.L.WithField("topic", it.env.Topic).Error("event not forwarded before shutdown; it is lost")
+		close(it.done)
+	}
+}
+
+// deliver forwards one envelope, retrying in place. The event stays at the
+// head of the queue for the whole time, which is what keeps order.
+func (s *Sequencer) deliver(it item) {
+	ctx := context.Background()
+	delay := s.backoff.Initial
+	var err error
+	for attempt := 1; ; attempt++ {
+		if err = s.fwd.Forward(ctx, it.env); err == nil {
+			return
+		}
+		if attempt >= s.backoff.Attempts {
+			break
+		}
+		log.G(ctx).WithError(err).WithFields(log.Fields{"topic": it.env.Topic, "attempt": attempt}).
+			Warn("forward event failed; retrying in place")
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-s.abort:
+			t.Stop()
+			log.G(ctx).WithError(err).WithField("topic", it.env.Topic).Error("shutdown gave up on event; it is lost")
+			return
+		}
+		if delay *= 2; delay > s.backoff.Max {
+			delay = s.backoff.Max
+		}
+	}
+	log.G(ctx).WithError(err).WithFields(log.Fields{"topic": it.env.Topic, "attempts": s.backoff.Attempts}).
+		Error("forward event failed; retries exhausted, event dropped")
+}
+
+// Shutdown refuses new events, waits until every queued event has been
+// forwarded (or dropped after its retries) and stops the goroutine. If ctx
+// ends first, the remaining events are logged as lost and ctx's error is
+// returned. It is safe to call more than once.
+func (s *Sequencer) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	first := !s.closed
+	s.closed = true
+	s.mu.Unlock()
+	if first {
+		s.signal()
+	}
+	select {
+	case <-s.stopped:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	lost := len(s.queue)
+	s.mu.Unlock()
+	select {
+	case <-s.abort:
+	default:
+		close(s.abort)
+	}
+	<-s.stopped
+	log.G(ctx).WithField("events", lost).Error("shutdown timed out before the event queue drained")
+	return fmt.Errorf("event: %d events not forwarded: %w", lost, ctx.Err())
+}
+
+// Flush waits until every event queued before the call has left the queue,
+// or ctx ends.
+func (s *Sequencer) Flush(ctx context.Context) error {
+	s.mu.Lock()
+	if len(s.queue) == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	last := s.queue[len(s.queue)-1].done
+	s.mu.Unlock()
+	select {
+	case <-last:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

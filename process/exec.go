@@ -1,0 +1,98 @@
+package process
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	gorunc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"oomshim/runc"
+)
+
+// ExecConfig describes an extra process in a running container.
+type ExecConfig struct {
+	ID        string // exec ID
+	Container *Init
+	Spec      *specs.Process
+	Stdio     Stdio
+}
+
+// Exec is a process added to a container with `runc exec`.
+type Exec struct {
+	base
+	init *Init
+	spec *specs.Process
+}
+
+// NewExec returns an exec process in state Created.
+func NewExec(c ExecConfig) *Exec {
+	return &Exec{base: newBase(c.ID, c.Stdio), init: c.Container, spec: c.Spec}
+}
+
+// Start opens stdio and runs `runc exec --detach`, returning the new pid.
+func (e *Exec) Start(ctx context.Context) (int, error) {
+	if err := transition(e.Status(), Running); err != nil {
+		return 0, err
+	}
+	cfg := e.init.Config()
+	io, err := OpenIO(ctx, e.stdio, cfg.IoUID, cfg.IoGID)
+	if err != nil {
+		return 0, err
+	}
+	bundle := e.init.Bundle()
+	pidFile := filepath.Join(bundle, e.id+".pid")
+	defer os.Remove(pidFile)
+	err = e.init.Runtime().Exec(ctx, e.init.ID(), *e.spec, &gorunc.ExecOpts{
+		IO:      io,
+		PidFile: pidFile,
+		Detach:  true,
+	})
+	if err != nil {
+		io.Close()
+		return 0, runc.WrapError("exec", bundle, err)
+	}
+	pid, err := gorunc.ReadPidFile(pidFile)
+	if err != nil {
+		io.Close()
+		return 0, fmt.Errorf("read exec pid: %w", err)
+	}
+	e.mu.Lock()
+	e.pid = pid
+	e.io = io
+	e.status = Running
+	e.mu.Unlock()
+	return pid, nil
+}
+
+// Kill signals the exec process. Its pid cannot be reused while it is
+// unreaped, and it is only reaped by the shim, which marks it Stopped.
+func (e *Exec) Kill(ctx context.Context, sig int) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch e.status {
+	case Created:
+		return ErrNotStarted
+	case Stopped, Deleted:
+		return ErrExited
+	}
+	if err := unix.Kill(e.pid, unix.Signal(sig)); err != nil {
+		return fmt.Errorf("kill exec %s (pid %d): %w", e.id, e.pid, err)
+	}
+	return nil
+}
+
+// Delete releases the exec's stdio. A running exec is refused.
+func (e *Exec) Delete(context.Context) error {
+	io, err := e.markDeleted()
+	if err != nil {
+		return err
+	}
+	if io != nil {
+		io.Close()
+	}
+	return nil
+}

@@ -1,0 +1,191 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/containerd/api/types"
+	gorunc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
+
+	"oomshim/runc"
+)
+
+// InitConfig describes a container's init process.
+type InitConfig struct {
+	ID      string
+	Bundle  string
+	Rootfs  []*types.Mount
+	Stdio   Stdio
+	Runtime runc.Config
+}
+
+// Init is a container's init process: runc create, start, kill, delete.
+type Init struct {
+	base
+	bundle  string
+	mounts  []*types.Mount
+	config  runc.Config
+	runtime *gorunc.Runc
+}
+
+// NewInit returns an init process in state Created; Create makes it real.
+func NewInit(c InitConfig) *Init {
+	return &Init{
+		base:    newBase(c.ID, c.Stdio),
+		bundle:  c.Bundle,
+		mounts:  c.Rootfs,
+		config:  c.Runtime,
+		runtime: c.Runtime.Runtime(c.Bundle),
+	}
+}
+
+// Bundle is the container's bundle directory.
+func (p *Init) Bundle() string { return p.bundle }
+
+// Runtime is the runc client for this container.
+func (p *Init) Runtime() *gorunc.Runc { return p.runtime }
+
+// Config is the container's runtime configuration.
+func (p *Init) Config() runc.Config { return p.config }
+
+func (p *Init) rootfs() string { return filepath.Join(p.bundle, "rootfs") }
+
+// Create mounts the rootfs, opens stdio and runs `runc create`. On failure
+// it leaves nothing behind: no runc container, no mount, no open fifo.
+func (p *Init) Create(ctx context.Context) (retErr error) {
+	if len(p.mounts) > 0 {
+		if err := os.MkdirAll(p.rootfs(), 0o711); err != nil {
+			return fmt.Errorf("create rootfs dir: %w", err)
+		}
+		if err := runc.MountAll(p.mounts, p.rootfs()); err != nil {
+			return err
+		}
+		defer func() {
+			if retErr != nil {
+				if err := runc.UnmountAll(p.rootfs()); err != nil {
+					log.G(ctx).WithError(err).Warn("unmount rootfs after failed create")
+				}
+			}
+		}()
+	}
+	io, err := OpenIO(ctx, p.stdio, p.config.IoUID, p.config.IoGID)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if retErr != nil {
+			io.Close()
+		}
+	}()
+	pidFile := filepath.Join(p.bundle, runc.InitPidFile)
+	err = p.runtime.Create(ctx, p.id, p.bundle, &gorunc.CreateOpts{
+		IO:           io,
+		PidFile:      pidFile,
+		NoPivot:      p.config.NoPivotRoot,
+		NoNewKeyring: p.config.NoNewKeyring,
+	})
+	if err != nil {
+		p.forceDelete(ctx)
+		return runc.WrapError("create", p.bundle, err)
+	}
+	pid, err := gorunc.ReadPidFile(pidFile)
+	if err != nil {
+		p.forceDelete(ctx)
+		return fmt.Errorf("read init pid: %w", err)
+	}
+	p.mu.Lock()
+	p.pid = pid
+	p.io = io
+	p.mu.Unlock()
+	return nil
+}
+
+// forceDelete removes the runc container whatever its state; used to undo.
+func (p *Init) forceDelete(ctx context.Context) {
+	if err := p.runtime.Delete(context.WithoutCancel(ctx), p.id, &gorunc.DeleteOpts{Force: true}); err != nil {
+		log.G(ctx).WithError(err).WithField("container_id", p.id).Debug("runc delete --force")
+	}
+}
+
+// Start runs `runc start`. The process may already have been reaped when
+// this returns; then it stays Stopped.
+func (p *Init) Start(ctx context.Context) error {
+	p.mu.Lock()
+	status := p.status
+	p.mu.Unlock()
+	if err := transition(status, Running); err != nil {
+		return err
+	}
+	if err := p.runtime.Start(ctx, p.id); err != nil {
+		return runc.WrapError("start", p.bundle, err)
+	}
+	p.mu.Lock()
+	if p.status == Created {
+		p.status = Running
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// Kill signals the init process, or with all every process in the
+// container.
+func (p *Init) Kill(ctx context.Context, sig int, all bool) error {
+	if s := p.Status(); s == Stopped || s == Deleted {
+		return ErrExited
+	}
+	if err := p.runtime.Kill(ctx, p.id, sig, &gorunc.KillOpts{All: all}); err != nil {
+		if s := p.Status(); s == Stopped || s == Deleted {
+			return ErrExited
+		}
+		return runc.WrapError("kill", p.bundle, err)
+	}
+	return nil
+}
+
+// Pids lists the container's processes.
+func (p *Init) Pids(ctx context.Context) ([]int, error) {
+	pids, err := p.runtime.Ps(ctx, p.id)
+	if err != nil {
+		return nil, runc.WrapError("ps", p.bundle, err)
+	}
+	return pids, nil
+}
+
+// Delete runs `runc delete`, unmounts the rootfs and closes stdio. A
+// created (never started) container is force-deleted; a running one is
+// refused.
+func (p *Init) Delete(ctx context.Context) error {
+	status := p.Status()
+	if err := transition(status, Deleted); err != nil {
+		return err
+	}
+	var errs []error
+	if err := p.runtime.Delete(ctx, p.id, &gorunc.DeleteOpts{Force: status == Created}); err != nil {
+		if _, serr := p.runtime.State(ctx, p.id); serr != nil {
+			// already gone from runc; nothing left to delete there
+			log.G(ctx).WithError(err).WithField("container_id", p.id).Debug("runc delete of a missing container")
+		} else if ferr := p.runtime.Delete(ctx, p.id, &gorunc.DeleteOpts{Force: true}); ferr != nil {
+			errs = append(errs, runc.WrapError("delete", p.bundle, ferr))
+		}
+	}
+	if len(p.mounts) > 0 {
+		if err := runc.UnmountAll(p.rootfs()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	io, err := p.markDeleted()
+	if err != nil {
+		return err
+	}
+	if io != nil {
+		io.Close()
+	}
+	return nil
+}

@@ -1,0 +1,209 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+
+	"github.com/containerd/fifo"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+)
+
+// ErrUnsupportedIO is returned for stdio the shim does not provide yet.
+var ErrUnsupportedIO = errors.New("process: unsupported stdio")
+
+// Stdio names a process's stdio as containerd sends it: fifo paths (or
+// file:// URIs), empty for none.
+type Stdio struct {
+	Stdin, Stdout, Stderr string
+	Terminal              bool
+}
+
+// IO is a process's opened stdio.
+//
+// stdout and stderr are handed to the process itself: it writes straight
+// into containerd's fifo (or log file), with no copy loop in the shim. So
+// everything the process wrote before it exited is in the fifo by the time
+// its exit is reaped, and an idle container costs the shim no goroutine.
+// The descriptors are opened without O_NONBLOCK (the process shares the open
+// file description) and O_RDWR for fifos, so a containerd restart never
+// turns into EPIPE for the container.
+//
+// stdin goes through a pipe that the shim feeds from the fifo, because only
+// the shim can give the process its EOF when containerd calls CloseIO while
+// its own end of the fifo stays open.
+type IO struct {
+	stdout, stderr *os.File // the process's ends; closed after start
+	stdinR         *os.File // the process's end of the stdin pipe
+
+	mu     sync.Mutex
+	stdinW *os.File      // the shim's end, closed by CloseStdin
+	fifo   io.ReadCloser // containerd's stdin fifo
+	copied chan struct{} // closed when the stdin copy has ended
+}
+
+// OpenIO opens s. uid and gid, when non-zero, own the descriptors the
+// process gets, so it can reopen /proc/self/fd/N.
+func OpenIO(ctx context.Context, s Stdio, uid, gid int) (_ *IO, err error) {
+	if s.Terminal {
+		return nil, fmt.Errorf("%w: terminal", ErrUnsupportedIO)
+	}
+	p := &IO{}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	if p.stdout, err = openOutput(s.Stdout); err != nil {
+		return nil, fmt.Errorf("open stdout: %w", err)
+	}
+	if s.Stderr != "" && s.Stderr == s.Stdout {
+		p.stderr = p.stdout
+	} else if p.stderr, err = openOutput(s.Stderr); err != nil {
+		return nil, fmt.Errorf("open stderr: %w", err)
+	}
+	if s.Stdin != "" {
+		if err := p.openStdin(ctx, s.Stdin); err != nil {
+			return nil, fmt.Errorf("open stdin: %w", err)
+		}
+	}
+	if uid != 0 || gid != 0 {
+		for _, f := range []*os.File{p.stdout, p.stderr, p.stdinR} {
+			if f != nil && f.Name() != os.DevNull {
+				if err := f.Chown(uid, gid); err != nil {
+					return nil, fmt.Errorf("chown stdio to %d:%d: %w", uid, gid, err)
+				}
+			}
+		}
+	}
+	return p, nil
+}
+
+// openOutput opens one output target: nothing (/dev/null), a fifo, or a
+// file:// URI (appended to, created if missing).
+func openOutput(target string) (*os.File, error) {
+	if target == "" {
+		return openFile(os.DevNull, unix.O_WRONLY, 0)
+	}
+	u, err := url.Parse(target)
+	if err == nil && u.Scheme != "" && u.Scheme != "fifo" {
+		switch u.Scheme {
+		case "file":
+			if err := os.MkdirAll(filepath.Dir(u.Path), 0o755); err != nil {
+				return nil, err
+			}
+			return openFile(u.Path, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT, 0o640)
+		default:
+			return nil, fmt.Errorf("%w: %s:// stdio", ErrUnsupportedIO, u.Scheme)
+		}
+	}
+	path := target
+	if err == nil && u.Scheme == "fifo" {
+		path = u.Path
+	}
+	return openFile(path, unix.O_RDWR, 0)
+}
+
+// openFile opens with a raw open(2), so the descriptor stays blocking: Go's
+// os.OpenFile would make a fifo non-blocking, and the process shares the
+// file description.
+func openFile(path string, flags int, perm uint32) (*os.File, error) {
+	fd, err := unix.Open(path, flags|unix.O_CLOEXEC, perm)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+func (p *IO) openStdin(ctx context.Context, path string) error {
+	f, err := fifo.OpenFifo(context.WithoutCancel(ctx), path, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	p.fifo, p.stdinR, p.stdinW = f, r, w
+	p.copied = make(chan struct{})
+	go p.copyStdin(ctx, f, w)
+	return nil
+}
+
+// copyStdin feeds the process from containerd's fifo until the fifo ends,
+// CloseStdin, or Close.
+func (p *IO) copyStdin(ctx context.Context, src io.Reader, dst io.Writer) {
+	defer close(p.copied)
+	if _, err := io.Copy(dst, src); err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, fifo.ErrReadClosed) && !errors.Is(err, unix.EPIPE) {
+		log.G(ctx).WithError(err).Debug("stdin copy ended")
+	}
+	p.CloseStdin()
+}
+
+// Set implements go-runc's IO: the runc command, and through it the
+// process, gets the descriptors.
+func (p *IO) Set(cmd *exec.Cmd) {
+	if p.stdinR != nil {
+		cmd.Stdin = p.stdinR
+	}
+	cmd.Stdout = p.stdout
+	cmd.Stderr = p.stderr
+}
+
+// CloseAfterStart implements go-runc's StartCloser: once runc has the
+// descriptors, the shim drops its copies of the process's ends.
+func (p *IO) CloseAfterStart() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, f := range []**os.File{&p.stdinR, &p.stdout, &p.stderr} {
+		if *f != nil {
+			(*f).Close()
+			*f = nil
+		}
+	}
+	return nil
+}
+
+// Stdin implements go-runc's IO; the shim owns the stdin pipe itself.
+func (p *IO) Stdin() io.WriteCloser { return nil }
+
+// Stdout implements go-runc's IO; stdout is not read by the shim.
+func (p *IO) Stdout() io.ReadCloser { return nil }
+
+// Stderr implements go-runc's IO; stderr is not read by the shim.
+func (p *IO) Stderr() io.ReadCloser { return nil }
+
+// CloseStdin gives the process EOF on stdin (CloseIO).
+func (p *IO) CloseStdin() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stdinW != nil {
+		p.stdinW.Close()
+		p.stdinW = nil
+	}
+}
+
+// Close releases everything and waits for the stdin copy to end.
+func (p *IO) Close() error {
+	p.CloseAfterStart()
+	p.CloseStdin()
+	p.mu.Lock()
+	f, copied := p.fifo, p.copied
+	p.fifo = nil
+	p.mu.Unlock()
+	if f != nil {
+		f.Close()
+	}
+	if copied != nil {
+		<-copied
+	}
+	return nil
+}

@@ -1,0 +1,215 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	gorunc "github.com/containerd/go-runc"
+	"github.com/containerd/fifo"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"oomshim/event"
+	"oomshim/runc"
+	"oomshim/task"
+)
+
+const (
+	// readyFdEnv names the descriptor the server reports readiness on.
+	readyFdEnv = "SHIM_READY_FD"
+	readyOK    = "ok"
+	// stopTimeout bounds each step of the server's shutdown.
+	stopTimeout = 10 * time.Second
+)
+
+// serve is the long-running shim: it serves the task API until the last
+// container is gone and containerd calls Shutdown, or until SIGTERM.
+func serve(f flags) error {
+	ready := readyWriter()
+	err := runServer(f, ready)
+	if err != nil && ready != nil {
+		fmt.Fprintln(ready, err)
+		ready.Close()
+	}
+	return err
+}
+
+// readyWriter returns the pipe start waits on, if there is one.
+func readyWriter() *os.File {
+	fd, err := strconv.Atoi(os.Getenv(readyFdEnv))
+	os.Unsetenv(readyFdEnv)
+	if err != nil || fd < 3 {
+		return nil
+	}
+	unix.CloseOnExec(fd)
+	return os.NewFile(uintptr(fd), "ready")
+}
+
+func runServer(f flags, ready *os.File) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ctx, err := setupLogging(ctx, f)
+	if err != nil {
+		return err
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("become child subreaper: %w", err)
+	}
+	signal.Ignore(unix.SIGPIPE)
+	if f.socket == "" {
+		return errors.New("no -socket to serve")
+	}
+	l, err := listen(f.socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(socketPath(f.socket))
+
+	fwd := event.NewTTRPCForwarder(os.Getenv("TTRPC_ADDRESS"))
+	defer fwd.Close()
+	events := event.New(f.namespace, fwd, event.DefaultBackoff)
+
+	var once sync.Once
+	stop := make(chan struct{})
+	svc := task.New(ctx, task.Config{
+		Namespace: f.namespace,
+		Version:   Version,
+		Events:    events,
+		Shutdown:  func() { once.Do(func() { close(stop) }) },
+	})
+	reaper := runc.NewReaper(svc.HandleExits)
+	gorunc.Monitor = reaper
+	reapCtx, stopReaping := context.WithCancel(ctx)
+	defer stopReaping()
+	go reaper.Run(reapCtx)
+
+	server, err := ttrpc.NewServer()
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("create ttrpc server: %w", err)
+	}
+	svc.Register(server)
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ctx, l) }()
+
+	if ready != nil {
+		fmt.Fprintln(ready, readyOK)
+		ready.Close()
+	}
+	log.G(ctx).WithField("socket", f.socket).Debug("shim serving")
+
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, unix.SIGTERM, unix.SIGINT)
+	dump := make(chan os.Signal, 1)
+	signal.Notify(dump, unix.SIGUSR1)
+	for done := false; !done; {
+		select {
+		case <-stop:
+			done = true
+		case s := <-term:
+			log.G(ctx).WithField("signal", s).Info("shim terminating")
+			done = true
+		case err := <-served:
+			if err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
+				log.G(ctx).WithError(err).Error("ttrpc server failed")
+			}
+			done = true
+		case <-dump:
+			dumpStacks(ctx)
+		}
+	}
+
+	sctx, scancel := context.WithTimeout(ctx, stopTimeout)
+	defer scancel()
+	if err := server.Shutdown(sctx); err != nil {
+		log.G(ctx).WithError(err).Warn("ttrpc server shutdown")
+		server.Close()
+	}
+	if err := events.Shutdown(sctx); err != nil {
+		log.G(ctx).WithError(err).Error("event queue shutdown")
+	}
+	stopReaping()
+	<-reaper.Done()
+	log.G(ctx).Debug("shim exited")
+	return nil
+}
+
+// listen creates the server's socket, replacing a stale one.
+func listen(address string) (net.Listener, error) {
+	path := socketPath(address)
+	if len(path) > 106 {
+		return nil, fmt.Errorf("socket path %q is too long for a unix socket", path)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create socket dir: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if errors.Is(err, unix.EADDRINUSE) && !canConnect(address) {
+		os.Remove(path)
+		l, err = net.Listen("unix", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// setupLogging sends the log to the bundle's "log" fifo, which containerd
+// copies into its own log, and dups it onto stderr so that a panic lands
+// there too. Without the fifo (a shim started by hand) stderr is kept.
+func setupLogging(ctx context.Context, f flags) (context.Context, error) {
+	logger := logrus.New()
+	logger.SetFormatter(&logrus.TextFormatter{TimestampFormat: log.RFC3339NanoFixed, FullTimestamp: true})
+	logger.SetLevel(logrus.InfoLevel)
+	if f.debug {
+		logger.SetLevel(logrus.DebugLevel)
+	}
+	var out io.Writer = os.Stderr
+	if _, err := os.Stat("log"); err == nil {
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		w, err := fifo.OpenFifoDup2(octx, "log", unix.O_WRONLY, 0o700, int(os.Stderr.Fd()))
+		cancel()
+		if err != nil {
+			return ctx, fmt.Errorf("open shim log fifo: %w", err)
+		}
+		out = w
+	}
+	logger.SetOutput(out)
+	entry := logrus.NewEntry(logger).WithFields(logrus.Fields{
+		"runtime":   RuntimeName,
+		"namespace": f.namespace,
+		"pid":       os.Getpid(),
+	})
+	log.L = entry
+	return log.WithLogger(ctx, entry), nil
+}
+
+func dumpStacks(ctx context.Context) {
+	buf := make([]byte, 1<<16)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	log.G(ctx).Infof("=== goroutine stack dump ===\n%s\n=== end of dump ===", buf)
+}

@@ -1,0 +1,283 @@
+package shim
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+const (
+	// defaultSocketDir is used when containerd names no socket directory.
+	defaultSocketDir = "/run/containerd/s"
+	// maxStdin bounds what start reads from containerd.
+	maxStdin = 10 << 20
+	// readyTimeout bounds the wait for the server to listen.
+	readyTimeout = 10 * time.Second
+	// shimVersion is the task API version the shim serves (task v3).
+	shimVersion = 3
+)
+
+// groupLabels name the annotations that put several containers in one shim,
+// in order of precedence (the same labels containerd's runc shim honours).
+var groupLabels = []string{
+	"io.containerd.runc.v2.group",
+	"io.kubernetes.cri.sandbox-id",
+}
+
+// startParams is what start learned from containerd, whichever protocol it
+// spoke.
+type startParams struct {
+	bootstrap    bool // reply with a BootstrapResult protobuf, else JSON
+	ttrpcAddress string
+	grpcAddress  string
+	socketDir    string
+	debug        bool
+	options      *options.Options
+}
+
+// parseStartInput tells the two start protocols apart. containerd >= 2.3
+// writes a BootstrapParams protobuf naming the same instance and namespace
+// as the command line; older ones write the runc options as a protobuf Any
+// (or nothing) and pass addresses in the environment. A legacy Any can
+// decode as BootstrapParams by accident, hence the identity check.
+func parseStartInput(input []byte, f flags, getenv func(string) string) (startParams, error) {
+	var bp bootapi.BootstrapParams
+	if len(input) > 0 && proto.Unmarshal(input, &bp) == nil && bp.InstanceID == f.id && bp.Namespace == f.namespace {
+		p := startParams{
+			bootstrap:    true,
+			ttrpcAddress: bp.ContainerdTtrpcAddress,
+			grpcAddress:  bp.ContainerdGrpcAddress,
+			socketDir:    bp.GetSocketDir(),
+			debug:        f.debug || bp.LogLevel <= bootapi.LogLevel_LOG_LEVEL_DEBUG,
+		}
+		var opts options.Options
+		found, err := bp.FindExtension(&opts)
+		if err != nil {
+			return p, fmt.Errorf("read runc options from bootstrap params: %w", err)
+		}
+		if found {
+			p.options = &opts
+		}
+		return p, nil
+	}
+	p := startParams{
+		ttrpcAddress: getenv("TTRPC_ADDRESS"),
+		grpcAddress:  f.address,
+		debug:        f.debug,
+	}
+	if p.grpcAddress == "" {
+		p.grpcAddress = getenv("GRPC_ADDRESS")
+	}
+	if len(input) == 0 {
+		return p, nil
+	}
+	var a anypb.Any
+	if err := proto.Unmarshal(input, &a); err != nil {
+		return p, fmt.Errorf("start input is neither bootstrap params nor runtime options: %w", err)
+	}
+	v, err := typeurl.UnmarshalAny(&a)
+	if err != nil {
+		return p, fmt.Errorf("decode runtime options: %w", err)
+	}
+	opts, ok := v.(*options.Options)
+	if !ok {
+		return p, fmt.Errorf("runtime options of type %s, want containerd.runc.v1.Options", a.GetTypeUrl())
+	}
+	p.options = opts
+	return p, nil
+}
+
+// socketAddress is where the shim for (namespace, group) listens: a hash, so
+// the path stays short, of containerd's address, the namespace and the group.
+func socketAddress(dir, grpcAddress, namespace, group string) string {
+	d := sha256.Sum256([]byte(filepath.Join(grpcAddress, namespace, group)))
+	return fmt.Sprintf("unix://%s/%x", dir, d)
+}
+
+func socketPath(address string) string { return strings.TrimPrefix(address, "unix://") }
+
+func canConnect(address string) bool {
+	c, err := net.DialTimeout("unix", socketPath(address), 100*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// groupID reads the bundle's config.json (in the working directory) for a
+// grouping annotation; without one, the container gets its own shim.
+func groupID(id string) (string, error) {
+	data, err := os.ReadFile("config.json")
+	if err != nil {
+		return "", fmt.Errorf("read bundle config: %w", err)
+	}
+	var spec struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return "", fmt.Errorf("parse bundle config: %w", err)
+	}
+	for _, l := range groupLabels {
+		if g, ok := spec.Annotations[l]; ok && g != "" {
+			return g, nil
+		}
+	}
+	return id, nil
+}
+
+// runStart is the start action: launch (or find) the server and tell
+// containerd where it listens.
+func runStart(f flags, stdin io.Reader, stdout io.Writer) error {
+	input, err := io.ReadAll(io.LimitReader(stdin, maxStdin))
+	if err != nil {
+		return fmt.Errorf("read stdin: %w", err)
+	}
+	p, err := parseStartInput(input, f, os.Getenv)
+	if err != nil {
+		return err
+	}
+	group, err := groupID(f.id)
+	if err != nil {
+		return err
+	}
+	dir := p.socketDir
+	if dir == "" {
+		dir = defaultSocketDir
+	}
+	address := socketAddress(dir, p.grpcAddress, f.namespace, group)
+	if !canConnect(address) {
+		if err := launch(f, p, address); err != nil {
+			return err
+		}
+	}
+	return writeStartResult(stdout, p.bootstrap, address)
+}
+
+func writeStartResult(w io.Writer, bootstrap bool, address string) error {
+	var data []byte
+	var err error
+	if bootstrap {
+		data, err = proto.Marshal(&bootapi.BootstrapResult{Version: shimVersion, Address: address, Protocol: "ttrpc"})
+	} else {
+		data, err = json.Marshal(struct {
+			Version  int    `json:"version"`
+			Address  string `json:"address"`
+			Protocol string `json:"protocol"`
+		}{shimVersion, address, "ttrpc"})
+	}
+	if err != nil {
+		return fmt.Errorf("marshal start result: %w", err)
+	}
+	_, err = w.Write(data)
+	return err
+}
+
+// launch starts the server process and returns once its socket accepts
+// connections. The server reports through a pipe (its fd 3): "ok" once it
+// listens, or its error.
+func launch(f flags, p startParams, address string) (retErr error) {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	args := []string{"-namespace", f.namespace, "-id", f.id, "-address", p.grpcAddress, "-socket", address}
+	if p.debug {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir, _ = os.Getwd()
+	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+p.ttrpcAddress, "GRPC_ADDRESS="+p.grpcAddress, readyFdEnv+"=3")
+	if os.Getenv("GOMAXPROCS") == "" {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS=2")
+	}
+	cmd.ExtraFiles = []*os.File{w}
+	// Its own process group: signals for containerd's group are not ours.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("start shim server: %w", err)
+	}
+	w.Close()
+	defer func() {
+		if retErr != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		} else {
+			cmd.Process.Release()
+		}
+	}()
+	msg, err := readReady(r, readyTimeout)
+	if err != nil {
+		return err
+	}
+	if msg != readyOK {
+		if msg == "" {
+			msg = "shim server exited before listening"
+		}
+		return errors.New(msg)
+	}
+	if p.options != nil && p.options.ShimCgroup != "" {
+		if err := joinCgroup(p.options.ShimCgroup, cmd.Process.Pid); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readReady(r *os.File, timeout time.Duration) (string, error) {
+	if err := r.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return "", err
+	}
+	var buf bytes.Buffer
+	if _, err := io.Copy(&buf, io.LimitReader(r, 64<<10)); err != nil {
+		return "", fmt.Errorf("wait for shim server: %w", err)
+	}
+	return strings.TrimSpace(buf.String()), nil
+}
+
+// joinCgroup moves pid into the cgroup containerd named in ShimCgroup.
+func joinCgroup(path string, pid int) error {
+	if cgroups.Mode() == cgroups.Unified {
+		m, err := cgroup2.Load(path)
+		if err != nil {
+			return fmt.Errorf("load shim cgroup %s: %w", path, err)
+		}
+		if err := m.AddProc(uint64(pid)); err != nil {
+			return fmt.Errorf("join shim cgroup %s: %w", path, err)
+		}
+		return nil
+	}
+	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	if err != nil {
+		return fmt.Errorf("load shim cgroup %s: %w", path, err)
+	}
+	if err := cg.AddProc(uint64(pid)); err != nil {
+		return fmt.Errorf("join shim cgroup %s: %w", path, err)
+	}
+	return nil
+}

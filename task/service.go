@@ -1,0 +1,518 @@
+// Package task serves containerd's task API (v3) over ttrpc for the
+// containers of one shim.
+package task
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/runc/options"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"oomshim/event"
+	"oomshim/process"
+	"oomshim/runc"
+)
+
+// shutdownFlush bounds how long Shutdown waits for queued events.
+const shutdownFlush = 10 * time.Second
+
+// container is one container of the shim: its init and its execs.
+type container struct {
+	init         *process.Init
+	execs        map[string]*process.Exec
+	runningExecs int
+	pendingInit  *runc.Exit // init reaped while execs still ran
+	graceTimer   *time.Timer
+}
+
+// Config is what a Service is built from.
+type Config struct {
+	Namespace string
+	Version   string
+	Events    *event.Sequencer
+	// Shutdown stops the shim's server; called once, after the reply to
+	// the Shutdown call that ends the shim has been written.
+	Shutdown func()
+}
+
+// Service implements containerd's task v3 API.
+type Service struct {
+	ctx       context.Context
+	namespace string
+	version   string
+	events    *event.Sequencer
+	shutdown  func()
+
+	mu         sync.Mutex
+	containers map[string]*container // nil value: a Create in progress
+	running    map[int]running       // pid -> live process, for the reaper
+	starting   int                   // open start windows
+	pending    []runc.Exit           // unknown exits seen while starting > 0
+	closing    bool
+}
+
+// New returns a Service; its exits come through HandleExits. ctx carries
+// the logger for work not tied to a request.
+func New(ctx context.Context, c Config) *Service {
+	return &Service{
+		ctx:        ctx,
+		namespace:  c.Namespace,
+		version:    c.Version,
+		events:     c.Events,
+		shutdown:   c.Shutdown,
+		containers: make(map[string]*container),
+		running:    make(map[int]running),
+	}
+}
+
+// Register adds the service to a ttrpc server.
+func (s *Service) Register(server *ttrpc.Server) {
+	taskapi.RegisterTTRPCTaskService(server, s)
+}
+
+// get returns a container by ID.
+func (s *Service) get(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.getLocked(id)
+}
+
+func (s *Service) getLocked(id string) (*container, error) {
+	c := s.containers[id]
+	if c == nil {
+		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+// lookup returns the init (execID empty) or an exec of container id.
+func (s *Service) lookup(id, execID string) (*container, proc, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, err := s.getLocked(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if execID == "" {
+		return c, c.init, nil
+	}
+	e, ok := c.execs[execID]
+	if !ok {
+		return nil, nil, fmt.Errorf("exec %q in container %q: %w", execID, id, errdefs.ErrNotFound)
+	}
+	return c, e, nil
+}
+
+func withIDs(ctx context.Context, id, execID string) context.Context {
+	f := log.Fields{"container_id": id}
+	if execID != "" {
+		f["exec_id"] = execID
+	}
+	return log.WithLogger(ctx, log.G(ctx).WithFields(f))
+}
+
+// Create mounts the rootfs and runs `runc create`. A failed Create leaves
+// no runc container, mount, fifo or table entry behind.
+func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *taskapi.CreateTaskResponse, retErr error) {
+	ctx = withIDs(ctx, r.ID, "")
+	defer func() { retErr = toGRPC(retErr) }()
+	if err := validateID("container", r.ID); err != nil {
+		return nil, err
+	}
+	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
+		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
+	}
+	if err := checkBundle(r.Bundle); err != nil {
+		return nil, err
+	}
+	opts, err := runtimeOptions(r.Options)
+	if err != nil {
+		return nil, err
+	}
+	cfg := runc.NewConfig(opts, s.namespace)
+	if _, err := cfg.LookPath(); err != nil {
+		return nil, err
+	}
+
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("shim is shutting down: %w", errdefs.ErrUnavailable)
+	}
+	if _, ok := s.containers[r.ID]; ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("container %q: %w", r.ID, errdefs.ErrAlreadyExists)
+	}
+	s.containers[r.ID] = nil // reserved while runc works
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			s.mu.Lock()
+			delete(s.containers, r.ID)
+			s.mu.Unlock()
+		}
+	}()
+
+	if err := runc.WriteOptions(r.Bundle, opts); err != nil {
+		return nil, err
+	}
+	init := process.NewInit(process.InitConfig{
+		ID:      r.ID,
+		Bundle:  r.Bundle,
+		Rootfs:  r.Rootfs,
+		Stdio:   process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+		Runtime: cfg,
+	})
+	c := &container{init: init, execs: make(map[string]*process.Exec)}
+
+	s.beginStart(0)
+	if err := init.Create(ctx); err != nil {
+		s.endStart(nil, nil)
+		return nil, err
+	}
+	s.endStart(&running{c: c, p: init}, func() {
+		s.containers[r.ID] = c
+		s.queue(ctx, "/tasks/create", &eventstypes.TaskCreate{
+			ContainerID: r.ID,
+			Bundle:      r.Bundle,
+			Rootfs:      r.Rootfs,
+			IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+			Checkpoint:  r.Checkpoint,
+			Pid:         uint32(init.Pid()),
+		})
+	})
+	log.G(ctx).WithField("pid", init.Pid()).Debug("container created")
+	return &taskapi.CreateTaskResponse{Pid: uint32(init.Pid())}, nil
+}
+
+// queue publishes an event; a failure is logged, the event is then lost
+// only because the shim is shutting down.
+func (s *Service) queue(ctx context.Context, topic string, ev proto.Message) {
+	if _, err := s.events.Publish(ctx, topic, ev); err != nil {
+		log.G(ctx).WithError(err).WithField("topic", topic).Error("queue event")
+	}
+}
+
+// Start starts the init or an exec process.
+func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (_ *taskapi.StartResponse, retErr error) {
+	ctx = withIDs(ctx, r.ID, r.ExecID)
+	defer func() { retErr = toGRPC(retErr) }()
+	c, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecID == "" {
+		pid := c.init.Pid()
+		s.beginStart(pid)
+		err := c.init.Start(ctx)
+		var announce func()
+		if err == nil {
+			announce = func() {
+				s.queue(ctx, "/tasks/start", &eventstypes.TaskStart{ContainerID: r.ID, Pid: uint32(pid)})
+			}
+		}
+		s.endStart(&running{c: c, p: c.init}, announce)
+		if err != nil {
+			return nil, err
+		}
+		return &taskapi.StartResponse{Pid: uint32(pid)}, nil
+	}
+	e := p.(*process.Exec)
+	s.beginStart(0)
+	pid, err := e.Start(ctx)
+	if err != nil {
+		s.endStart(nil, nil)
+		return nil, err
+	}
+	s.endStart(&running{c: c, p: e, execID: r.ExecID}, func() {
+		s.queue(ctx, "/tasks/exec-started", &eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: uint32(pid)})
+	})
+	return &taskapi.StartResponse{Pid: uint32(pid)}, nil
+}
+
+// Delete deletes an exec, or the container with its init.
+func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (_ *taskapi.DeleteResponse, retErr error) {
+	ctx = withIDs(ctx, r.ID, r.ExecID)
+	defer func() { retErr = toGRPC(retErr) }()
+	c, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecID != "" {
+		e := p.(*process.Exec)
+		if err := e.Delete(ctx); err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		delete(c.execs, r.ExecID)
+		s.mu.Unlock()
+		return deleteResponse(e.State()), nil
+	}
+	st := c.init.State()
+	if st.Status == process.Created {
+		// runc delete --force kills the never-started init; that exit is
+		// not a task exit.
+		s.mu.Lock()
+		delete(s.running, st.Pid)
+		s.mu.Unlock()
+	}
+	if err := c.init.Delete(ctx); err != nil {
+		if st.Status == process.Created {
+			s.mu.Lock()
+			s.running[st.Pid] = running{c: c, p: c.init}
+			s.mu.Unlock()
+		}
+		return nil, err
+	}
+	s.mu.Lock()
+	for id, e := range c.execs {
+		if err := e.Delete(ctx); err != nil {
+			log.G(ctx).WithError(err).WithField("exec_id", id).Warn("delete exec with its container")
+		}
+	}
+	delete(s.containers, r.ID)
+	st = c.init.State()
+	s.queue(ctx, "/tasks/delete", &eventstypes.TaskDelete{
+		ContainerID: r.ID,
+		ID:          r.ID,
+		Pid:         uint32(st.Pid),
+		ExitStatus:  uint32(st.Exit.Status),
+		ExitedAt:    timestamppb.New(st.Exit.At),
+	})
+	s.mu.Unlock()
+	log.G(ctx).Debug("container deleted")
+	return deleteResponse(st), nil
+}
+
+func deleteResponse(st process.State) *taskapi.DeleteResponse {
+	return &taskapi.DeleteResponse{
+		Pid:        uint32(st.Pid),
+		ExitStatus: uint32(st.Exit.Status),
+		ExitedAt:   timestamppb.New(st.Exit.At),
+	}
+}
+
+// Exec registers an extra process; Start runs it.
+func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (_ *emptypb.Empty, retErr error) {
+	ctx = withIDs(ctx, r.ID, r.ExecID)
+	defer func() { retErr = toGRPC(retErr) }()
+	if err := validateID("exec", r.ExecID); err != nil {
+		return nil, err
+	}
+	if r.Terminal {
+		return nil, fmt.Errorf("exec with a terminal: %w", errdefs.ErrNotImplemented)
+	}
+	spec, err := processSpec(r.Spec)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, err := s.getLocked(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := c.execs[r.ExecID]; ok {
+		return nil, fmt.Errorf("exec %q: %w", r.ExecID, errdefs.ErrAlreadyExists)
+	}
+	if st := c.init.Status(); st != process.Running {
+		return nil, fmt.Errorf("exec in a %s container: %w", st, errdefs.ErrFailedPrecondition)
+	}
+	c.execs[r.ExecID] = process.NewExec(process.ExecConfig{
+		ID:        r.ExecID,
+		Container: c.init,
+		Spec:      spec,
+		Stdio:     process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+	})
+	s.queue(ctx, "/tasks/exec-added", &eventstypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
+	return &emptypb.Empty{}, nil
+}
+
+// State reports a process's state.
+func (s *Service) State(ctx context.Context, r *taskapi.StateRequest) (_ *taskapi.StateResponse, retErr error) {
+	defer func() { retErr = toGRPC(retErr) }()
+	c, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	st := p.State()
+	resp := &taskapi.StateResponse{
+		ID:       st.ID,
+		Bundle:   c.init.Bundle(),
+		Pid:      uint32(st.Pid),
+		Stdin:    st.Stdio.Stdin,
+		Stdout:   st.Stdio.Stdout,
+		Stderr:   st.Stdio.Stderr,
+		Terminal: st.Stdio.Terminal,
+		ExecID:   r.ExecID,
+	}
+	switch st.Status {
+	case process.Created:
+		resp.Status = tasktypes.Status_CREATED
+	case process.Running:
+		resp.Status = tasktypes.Status_RUNNING
+	case process.Stopped:
+		resp.Status = tasktypes.Status_STOPPED
+		resp.ExitStatus = uint32(st.Exit.Status)
+		resp.ExitedAt = timestamppb.New(st.Exit.At)
+	default:
+		return nil, fmt.Errorf("process %q is %s: %w", st.ID, st.Status, errdefs.ErrNotFound)
+	}
+	return resp, nil
+}
+
+// Kill signals a process; with All, every process of the container.
+func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (_ *emptypb.Empty, retErr error) {
+	ctx = withIDs(ctx, r.ID, r.ExecID)
+	defer func() { retErr = toGRPC(retErr) }()
+	c, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecID == "" {
+		err = c.init.Kill(ctx, int(r.Signal), r.All)
+	} else {
+		err = p.(*process.Exec).Kill(ctx, int(r.Signal))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Wait returns once the process has exited and its TaskExit has been
+// forwarded to containerd (or its retries ran out).
+func (s *Service) Wait(ctx context.Context, r *taskapi.WaitRequest) (_ *taskapi.WaitResponse, retErr error) {
+	defer func() { retErr = toGRPC(retErr) }()
+	_, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	e, err := p.Wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &taskapi.WaitResponse{ExitStatus: uint32(e.Status), ExitedAt: timestamppb.New(e.At)}, nil
+}
+
+// Pids lists the container's processes, naming the exec ones.
+func (s *Service) Pids(ctx context.Context, r *taskapi.PidsRequest) (_ *taskapi.PidsResponse, retErr error) {
+	ctx = withIDs(ctx, r.ID, "")
+	defer func() { retErr = toGRPC(retErr) }()
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := c.init.Pids(ctx)
+	if err != nil {
+		return nil, err
+	}
+	execs := make(map[int]string)
+	s.mu.Lock()
+	for id, e := range c.execs {
+		if pid := e.Pid(); pid > 0 {
+			execs[pid] = id
+		}
+	}
+	s.mu.Unlock()
+	resp := &taskapi.PidsResponse{}
+	for _, pid := range pids {
+		info := &tasktypes.ProcessInfo{Pid: uint32(pid)}
+		if id, ok := execs[pid]; ok {
+			if a, err := anypb.New(&options.ProcessDetails{ExecID: id}); err == nil {
+				info.Info = a
+			}
+		}
+		resp.Processes = append(resp.Processes, info)
+	}
+	return resp, nil
+}
+
+// CloseIO closes a process's stdin.
+func (s *Service) CloseIO(ctx context.Context, r *taskapi.CloseIORequest) (_ *emptypb.Empty, retErr error) {
+	defer func() { retErr = toGRPC(retErr) }()
+	_, p, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Stdin {
+		p.CloseStdin()
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Connect reports the shim's and the init's pids.
+func (s *Service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
+	resp := &taskapi.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: s.version}
+	if c, err := s.get(r.ID); err == nil {
+		resp.TaskPid = uint32(c.init.Pid())
+	}
+	return resp, nil
+}
+
+// Shutdown ends the shim once it holds no container (or at once with Now).
+// Every queued event is forwarded before the reply, so containerd never
+// sees the shim go away with a TaskExit or TaskDelete still inside it.
+func (s *Service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	if len(s.containers) > 0 && !r.Now {
+		s.mu.Unlock()
+		return &emptypb.Empty{}, nil
+	}
+	first := !s.closing
+	s.closing = true
+	s.mu.Unlock()
+	if first {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownFlush)
+		if err := s.events.Flush(fctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			log.G(ctx).WithError(err).Warn("flush events before shutdown")
+		}
+		cancel()
+		s.shutdown()
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Stats is not served yet.
+func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
+	return nil, toGRPC(fmt.Errorf("stats: %w", errdefs.ErrNotImplemented))
+}
+
+// ResizePty is not served yet: terminals are not supported.
+func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
+	return nil, toGRPC(fmt.Errorf("resize pty: %w", errdefs.ErrNotImplemented))
+}
+
+// Pause is not served yet.
+func (s *Service) Pause(ctx context.Context, r *taskapi.PauseRequest) (*emptypb.Empty, error) {
+	return nil, toGRPC(fmt.Errorf("pause: %w", errdefs.ErrNotImplemented))
+}
+
+// Resume is not served yet.
+func (s *Service) Resume(ctx context.Context, r *taskapi.ResumeRequest) (*emptypb.Empty, error) {
+	return nil, toGRPC(fmt.Errorf("resume: %w", errdefs.ErrNotImplemented))
+}
+
+// Checkpoint is not served yet.
+func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, toGRPC(fmt.Errorf("checkpoint: %w", errdefs.ErrNotImplemented))
+}
+
+// Update is not served yet.
+func (s *Service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*emptypb.Empty, error) {
+	return nil, toGRPC(fmt.Errorf("update: %w", errdefs.ErrNotImplemented))
+}

@@ -1,0 +1,80 @@
+package task
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+func init() {
+	// The type URL containerd gives the JSON process spec of an exec.
+	typeurl.Register(&specs.Process{}, "types.containerd.io", "opencontainers/runtime-spec",
+		strconv.Itoa(specs.VersionMajor), "Process")
+}
+
+// checkBundle verifies that bundle is an absolute directory holding a
+// config.json that parses as an OCI spec with a process.
+func checkBundle(bundle string) error {
+	if bundle == "" || !filepath.IsAbs(bundle) || filepath.Clean(bundle) != bundle {
+		return fmt.Errorf("bundle %q must be a clean absolute path: %w", bundle, errdefs.ErrInvalidArgument)
+	}
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("bundle %s has no config.json: %w", bundle, errdefs.ErrInvalidArgument)
+		}
+		return fmt.Errorf("read bundle config: %w", err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return fmt.Errorf("malformed %s: %v: %w", filepath.Join(bundle, "config.json"), err, errdefs.ErrInvalidArgument)
+	}
+	if spec.Process == nil {
+		return fmt.Errorf("%s has no process: %w", filepath.Join(bundle, "config.json"), errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// runtimeOptions decodes the runc options of a Create; nil means defaults.
+func runtimeOptions(a *anypb.Any) (*options.Options, error) {
+	if a == nil || a.GetTypeUrl() == "" {
+		return nil, nil
+	}
+	v, err := typeurl.UnmarshalAny(a)
+	if err != nil {
+		return nil, fmt.Errorf("decode runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	opts, ok := v.(*options.Options)
+	if !ok {
+		return nil, fmt.Errorf("runtime options of type %s, want containerd.runc.v1.Options: %w", a.GetTypeUrl(), errdefs.ErrInvalidArgument)
+	}
+	return opts, nil
+}
+
+// processSpec decodes an exec's OCI process spec.
+func processSpec(a *anypb.Any) (*specs.Process, error) {
+	if a == nil {
+		return nil, fmt.Errorf("exec without a process spec: %w", errdefs.ErrInvalidArgument)
+	}
+	v, err := typeurl.UnmarshalAny(a)
+	if err != nil {
+		return nil, fmt.Errorf("decode process spec: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	p, ok := v.(*specs.Process)
+	if !ok {
+		return nil, fmt.Errorf("process spec of type %s: %w", a.GetTypeUrl(), errdefs.ErrInvalidArgument)
+	}
+	if len(p.Args) == 0 && p.CommandLine == "" {
+		return nil, fmt.Errorf("process spec has no args: %w", errdefs.ErrInvalidArgument)
+	}
+	return p, nil
+}
