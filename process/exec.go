@@ -13,10 +13,18 @@ import (
 	"oomshim/runc"
 )
 
+// Container is what an exec process needs of its container; *Init is one.
+type Container interface {
+	ID() string
+	Bundle() string
+	Runtime() *gorunc.Runc
+	Config() runc.Config
+}
+
 // ExecConfig describes an extra process in a running container.
 type ExecConfig struct {
 	ID        string // exec ID
-	Container *Init
+	Container Container
 	Spec      *specs.Process
 	Stdio     Stdio
 }
@@ -24,7 +32,7 @@ type ExecConfig struct {
 // Exec is a process added to a container with `runc exec`.
 type Exec struct {
 	base
-	init *Init
+	init Container
 	spec *specs.Process
 }
 
@@ -68,8 +76,8 @@ func (e *Exec) Start(ctx context.Context) (int, error) {
 	return pid, nil
 }
 
-// Kill signals the exec process. Its pid cannot be reused while it is
-// unreaped, and it is only reaped by the shim, which marks it Stopped.
+// Kill signals the exec process. Its pid cannot be reused before the shim
+// reaps it, and the shim marks it Stopped right after reaping it.
 func (e *Exec) Kill(ctx context.Context, sig int) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -30,10 +30,41 @@ import (
 // shutdownFlush bounds how long Shutdown waits for queued events.
 const shutdownFlush = 10 * time.Second
 
+// initProcess is a container's init process (*process.Init).
+type initProcess interface {
+	proc
+	process.Container
+	Status() process.Status
+	Create(ctx context.Context) error
+	Start(ctx context.Context) error
+	Kill(ctx context.Context, sig int, all bool) error
+	Pids(ctx context.Context) ([]int, error)
+	Delete(ctx context.Context) error
+}
+
+// execProcess is an exec process (*process.Exec).
+type execProcess interface {
+	proc
+	Start(ctx context.Context) (int, error)
+	Kill(ctx context.Context, sig int) error
+	Delete(ctx context.Context) error
+}
+
+// factory makes processes; tests replace it with fakes.
+type factory struct {
+	newInit func(process.InitConfig) initProcess
+	newExec func(process.ExecConfig) execProcess
+}
+
+var runcFactory = factory{
+	newInit: func(c process.InitConfig) initProcess { return process.NewInit(c) },
+	newExec: func(c process.ExecConfig) execProcess { return process.NewExec(c) },
+}
+
 // container is one container of the shim: its init and its execs.
 type container struct {
-	init         *process.Init
-	execs        map[string]*process.Exec
+	init         initProcess
+	execs        map[string]execProcess
 	runningExecs int
 	pendingInit  *runc.Exit // init reaped while execs still ran
 	graceTimer   *time.Timer
@@ -63,6 +94,8 @@ type Service struct {
 	starting   int                   // open start windows
 	pending    []runc.Exit           // unknown exits seen while starting > 0
 	closing    bool
+
+	factory factory
 }
 
 // New returns a Service; its exits come through HandleExits. ctx carries
@@ -76,6 +109,7 @@ func New(ctx context.Context, c Config) *Service {
 		shutdown:   c.Shutdown,
 		containers: make(map[string]*container),
 		running:    make(map[int]running),
+		factory:    runcFactory,
 	}
 }
 
@@ -99,22 +133,22 @@ func (s *Service) getLocked(id string) (*container, error) {
 	return c, nil
 }
 
-// lookup returns the init (execID empty) or an exec of container id.
-func (s *Service) lookup(id, execID string) (*container, proc, error) {
+// lookup returns the init (execID empty) or an exec of container id; e is
+// the exec, nil for the init.
+func (s *Service) lookup(id, execID string) (c *container, p proc, e execProcess, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c, err := s.getLocked(id)
-	if err != nil {
-		return nil, nil, err
+	if c, err = s.getLocked(id); err != nil {
+		return nil, nil, nil, err
 	}
 	if execID == "" {
-		return c, c.init, nil
+		return c, c.init, nil, nil
 	}
 	e, ok := c.execs[execID]
 	if !ok {
-		return nil, nil, fmt.Errorf("exec %q in container %q: %w", execID, id, errdefs.ErrNotFound)
+		return nil, nil, nil, fmt.Errorf("exec %q in container %q: %w", execID, id, errdefs.ErrNotFound)
 	}
-	return c, e, nil
+	return c, e, e, nil
 }
 
 func withIDs(ctx context.Context, id, execID string) context.Context {
@@ -133,21 +167,6 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err := validateID("container", r.ID); err != nil {
 		return nil, err
 	}
-	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
-		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
-	}
-	if err := checkBundle(r.Bundle); err != nil {
-		return nil, err
-	}
-	opts, err := runtimeOptions(r.Options)
-	if err != nil {
-		return nil, err
-	}
-	cfg := runc.NewConfig(opts, s.namespace)
-	if _, err := cfg.LookPath(); err != nil {
-		return nil, err
-	}
-
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -166,18 +185,32 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 			s.mu.Unlock()
 		}
 	}()
+	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
+		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
+	}
+	if err := checkBundle(r.Bundle); err != nil {
+		return nil, err
+	}
+	opts, err := runtimeOptions(r.Options)
+	if err != nil {
+		return nil, err
+	}
+	cfg := runc.NewConfig(opts, s.namespace)
+	if _, err := cfg.LookPath(); err != nil {
+		return nil, err
+	}
 
 	if err := runc.WriteOptions(r.Bundle, opts); err != nil {
 		return nil, err
 	}
-	init := process.NewInit(process.InitConfig{
+	init := s.factory.newInit(process.InitConfig{
 		ID:      r.ID,
 		Bundle:  r.Bundle,
 		Rootfs:  r.Rootfs,
 		Stdio:   process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		Runtime: cfg,
 	})
-	c := &container{init: init, execs: make(map[string]*process.Exec)}
+	c := &container{init: init, execs: make(map[string]execProcess)}
 
 	s.beginStart(0)
 	if err := init.Create(ctx); err != nil {
@@ -211,11 +244,11 @@ func (s *Service) queue(ctx context.Context, topic string, ev proto.Message) {
 func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (_ *taskapi.StartResponse, retErr error) {
 	ctx = withIDs(ctx, r.ID, r.ExecID)
 	defer func() { retErr = toGRPC(retErr) }()
-	c, p, err := s.lookup(r.ID, r.ExecID)
+	c, _, e, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
-	if r.ExecID == "" {
+	if e == nil {
 		pid := c.init.Pid()
 		s.beginStart(pid)
 		err := c.init.Start(ctx)
@@ -231,7 +264,6 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (_ *taskap
 		}
 		return &taskapi.StartResponse{Pid: uint32(pid)}, nil
 	}
-	e := p.(*process.Exec)
 	s.beginStart(0)
 	pid, err := e.Start(ctx)
 	if err != nil {
@@ -248,12 +280,11 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (_ *taskap
 func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (_ *taskapi.DeleteResponse, retErr error) {
 	ctx = withIDs(ctx, r.ID, r.ExecID)
 	defer func() { retErr = toGRPC(retErr) }()
-	c, p, err := s.lookup(r.ID, r.ExecID)
+	c, _, e, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
-	if r.ExecID != "" {
-		e := p.(*process.Exec)
+	if e != nil {
 		if err := e.Delete(ctx); err != nil {
 			return nil, err
 		}
@@ -332,7 +363,7 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (_ *e
 	if st := c.init.Status(); st != process.Running {
 		return nil, fmt.Errorf("exec in a %s container: %w", st, errdefs.ErrFailedPrecondition)
 	}
-	c.execs[r.ExecID] = process.NewExec(process.ExecConfig{
+	c.execs[r.ExecID] = s.factory.newExec(process.ExecConfig{
 		ID:        r.ExecID,
 		Container: c.init,
 		Spec:      spec,
@@ -345,7 +376,7 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (_ *e
 // State reports a process's state.
 func (s *Service) State(ctx context.Context, r *taskapi.StateRequest) (_ *taskapi.StateResponse, retErr error) {
 	defer func() { retErr = toGRPC(retErr) }()
-	c, p, err := s.lookup(r.ID, r.ExecID)
+	c, p, _, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -379,14 +410,14 @@ func (s *Service) State(ctx context.Context, r *taskapi.StateRequest) (_ *taskap
 func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (_ *emptypb.Empty, retErr error) {
 	ctx = withIDs(ctx, r.ID, r.ExecID)
 	defer func() { retErr = toGRPC(retErr) }()
-	c, p, err := s.lookup(r.ID, r.ExecID)
+	c, _, e, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
-	if r.ExecID == "" {
+	if e == nil {
 		err = c.init.Kill(ctx, int(r.Signal), r.All)
 	} else {
-		err = p.(*process.Exec).Kill(ctx, int(r.Signal))
+		err = e.Kill(ctx, int(r.Signal))
 	}
 	if err != nil {
 		return nil, err
@@ -398,7 +429,7 @@ func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (_ *emptypb.
 // forwarded to containerd (or its retries ran out).
 func (s *Service) Wait(ctx context.Context, r *taskapi.WaitRequest) (_ *taskapi.WaitResponse, retErr error) {
 	defer func() { retErr = toGRPC(retErr) }()
-	_, p, err := s.lookup(r.ID, r.ExecID)
+	_, p, _, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -445,7 +476,7 @@ func (s *Service) Pids(ctx context.Context, r *taskapi.PidsRequest) (_ *taskapi.
 // CloseIO closes a process's stdin.
 func (s *Service) CloseIO(ctx context.Context, r *taskapi.CloseIORequest) (_ *emptypb.Empty, retErr error) {
 	defer func() { retErr = toGRPC(retErr) }()
-	_, p, err := s.lookup(r.ID, r.ExecID)
+	_, p, _, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}

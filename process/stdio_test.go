@@ -1,0 +1,119 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func mkfifo(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := unix.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestOutputIsBlockingAndReachesFifo(t *testing.T) {
+	path := mkfifo(t, "stdout")
+	// containerd's reader
+	r, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p, err := OpenIO(context.Background(), Stdio{Stdout: path, Stderr: path}, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if p.stdout != p.stderr {
+		t.Fatal("the same fifo for stdout and stderr was opened twice")
+	}
+	fl, err := unix.FcntlInt(p.stdout.Fd(), unix.F_GETFL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fl&unix.O_NONBLOCK != 0 {
+		t.Fatal("stdout descriptor is non-blocking; the container would get EAGAIN")
+	}
+	if fl&unix.O_ACCMODE != unix.O_RDWR {
+		t.Fatal("fifo not opened read-write; a containerd restart would give the container EPIPE")
+	}
+	if _, err := p.stdout.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(r, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+}
+
+func TestOutputTargets(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name    string
+		stdio   Stdio
+		wantErr error
+	}{
+		{"none", Stdio{}, nil},
+		{"file uri", Stdio{Stdout: "file://" + filepath.Join(dir, "sub", "out.log")}, nil},
+		{"binary uri", Stdio{Stdout: "binary:///usr/bin/logger"}, ErrUnsupportedIO},
+		{"terminal", Stdio{Terminal: true}, ErrUnsupportedIO},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := OpenIO(context.Background(), tc.stdio, 0, 0)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("got %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Close()
+		})
+	}
+	if _, err := os.Stat(filepath.Join(dir, "sub", "out.log")); err != nil {
+		t.Fatalf("file:// target not created: %v", err)
+	}
+	if _, err := OpenIO(context.Background(), Stdio{Stdout: filepath.Join(dir, "missing-fifo")}, 0, 0); err == nil {
+		t.Fatal("a missing stdout fifo opened")
+	}
+}
+
+func TestStdinCopyAndClose(t *testing.T) {
+	path := mkfifo(t, "stdin")
+	p, err := OpenIO(context.Background(), Stdio{Stdin: path}, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := p.stdinR // what the process would read
+	w, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("data")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(child, buf); err != nil || string(buf) != "data" {
+		t.Fatalf("process read %q, %v", buf, err)
+	}
+	// CloseIO while containerd still holds its end: the process gets EOF.
+	p.CloseStdin()
+	if n, err := child.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("after CloseStdin read %d, %v; want EOF", n, err)
+	}
+	w.Close()
+	child.Close()
+	p.stdinR = nil
+	p.Close() // must not hang: the copy goroutine ends
+}

@@ -1,0 +1,129 @@
+package task
+
+import (
+	"context"
+	"sync"
+
+	gorunc "github.com/containerd/go-runc"
+
+	"oomshim/process"
+	"oomshim/runc"
+)
+
+// fakeProc stands in for a runc-backed process; hooks let a test run code
+// (such as reaping) in the middle of a Start.
+type fakeProc struct {
+	id  string
+	mu  sync.Mutex
+	pid int
+	st  process.Status
+	ex  process.Exit
+
+	exited    chan struct{}
+	published <-chan struct{}
+
+	onStart  func() // runs inside Start, before it returns
+	startPid int    // pid Start reports (exec) or sets
+}
+
+func newFakeProc(id string, pid int) *fakeProc {
+	return &fakeProc{id: id, pid: pid, st: process.Created, exited: make(chan struct{})}
+}
+
+func (f *fakeProc) ID() string { return f.id }
+func (f *fakeProc) Pid() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pid
+}
+func (f *fakeProc) Status() process.Status {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.st
+}
+func (f *fakeProc) State() process.State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return process.State{ID: f.id, Pid: f.pid, Status: f.st, Exit: f.ex}
+}
+func (f *fakeProc) SetExited(e process.Exit, published <-chan struct{}) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st, f.ex, f.published = process.Stopped, e, published
+	close(f.exited)
+	return nil
+}
+func (f *fakeProc) Wait(ctx context.Context) (process.Exit, error) {
+	select {
+	case <-f.exited:
+	case <-ctx.Done():
+		return process.Exit{}, ctx.Err()
+	}
+	f.mu.Lock()
+	e, p := f.ex, f.published
+	f.mu.Unlock()
+	if p != nil {
+		select {
+		case <-p:
+		case <-ctx.Done():
+			return process.Exit{}, ctx.Err()
+		}
+	}
+	return e, nil
+}
+func (f *fakeProc) CloseStdin() {}
+
+func (f *fakeProc) start() {
+	if f.onStart != nil {
+		f.onStart()
+	}
+	f.mu.Lock()
+	if f.st == process.Created {
+		f.st = process.Running
+	}
+	f.mu.Unlock()
+}
+
+func (f *fakeProc) del() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.st == process.Running {
+		return &process.TransitionError{From: f.st, To: process.Deleted}
+	}
+	f.st = process.Deleted
+	return nil
+}
+
+type fakeInit struct {
+	*fakeProc
+	bundle string
+}
+
+func (f *fakeInit) Bundle() string                   { return f.bundle }
+func (f *fakeInit) Runtime() *gorunc.Runc            { return nil }
+func (f *fakeInit) Config() runc.Config              { return runc.Config{} }
+func (f *fakeInit) Create(ctx context.Context) error { return nil }
+func (f *fakeInit) Start(ctx context.Context) error {
+	f.start()
+	return nil
+}
+func (f *fakeInit) Kill(ctx context.Context, sig int, all bool) error {
+	if s := f.Status(); s == process.Stopped || s == process.Deleted {
+		return process.ErrExited
+	}
+	return nil
+}
+func (f *fakeInit) Pids(ctx context.Context) ([]int, error) { return []int{f.Pid()}, nil }
+func (f *fakeInit) Delete(ctx context.Context) error        { return f.del() }
+
+type fakeExec struct{ *fakeProc }
+
+func (f *fakeExec) Start(ctx context.Context) (int, error) {
+	f.start()
+	f.mu.Lock()
+	f.pid = f.startPid
+	f.mu.Unlock()
+	return f.startPid, nil
+}
+func (f *fakeExec) Kill(ctx context.Context, sig int) error { return nil }
+func (f *fakeExec) Delete(ctx context.Context) error        { return f.del() }

@@ -1,0 +1,342 @@
+package task
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"oomshim/event"
+	"oomshim/process"
+	"oomshim/runc"
+)
+
+// recorder forwards nothing; it records topics in order. A test may hold
+// forwards with gate.
+type recorder struct {
+	mu     sync.Mutex
+	topics []string
+	gate   chan struct{}
+}
+
+func (r *recorder) Forward(ctx context.Context, env *types.Envelope) error {
+	if r.gate != nil {
+		<-r.gate
+	}
+	r.mu.Lock()
+	r.topics = append(r.topics, env.Topic)
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *recorder) got() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.topics...)
+}
+
+type harness struct {
+	t       *testing.T
+	svc     *Service
+	rec     *recorder
+	events  *event.Sequencer
+	inits   map[string]*fakeInit
+	execs   map[string]*fakeExec
+	nextPid int
+	stopped chan struct{}
+}
+
+func newHarness(t *testing.T, rec *recorder) *harness {
+	if rec == nil {
+		rec = &recorder{}
+	}
+	h := &harness{t: t, rec: rec, inits: map[string]*fakeInit{}, execs: map[string]*fakeExec{}, nextPid: 100, stopped: make(chan struct{})}
+	h.events = event.New("ns", rec, event.Backoff{Attempts: 1})
+	var once sync.Once
+	h.svc = New(context.Background(), Config{Namespace: "ns", Events: h.events, Shutdown: func() { once.Do(func() { close(h.stopped) }) }})
+	h.svc.factory = factory{
+		newInit: func(c process.InitConfig) initProcess {
+			h.nextPid++
+			f := &fakeInit{fakeProc: newFakeProc(c.ID, h.nextPid), bundle: c.Bundle}
+			h.inits[c.ID] = f
+			return f
+		},
+		newExec: func(c process.ExecConfig) execProcess {
+			h.nextPid++
+			f := &fakeExec{newFakeProc(c.ID, 0)}
+			f.startPid = h.nextPid
+			h.execs[c.ID] = f
+			return f
+		},
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		h.events.Shutdown(ctx)
+	})
+	return h
+}
+
+func (h *harness) bundle() string {
+	dir := h.t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"process":{"args":["sh"]}}`), 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	return dir
+}
+
+func (h *harness) create(id string) *fakeInit {
+	h.t.Helper()
+	opts, err := typeurl.MarshalAnyToProto(&options.Options{BinaryName: "/bin/true"})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.svc.Create(context.Background(), &taskapi.CreateTaskRequest{ID: id, Bundle: h.bundle(), Options: opts}); err != nil {
+		h.t.Fatalf("create %s: %v", id, err)
+	}
+	return h.inits[id]
+}
+
+func (h *harness) exec(id, execID string) *fakeExec {
+	h.t.Helper()
+	spec, err := typeurl.MarshalAnyToProto(&specs.Process{Args: []string{"true"}, Cwd: "/"})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.svc.Exec(context.Background(), &taskapi.ExecProcessRequest{ID: id, ExecID: execID, Spec: spec}); err != nil {
+		h.t.Fatalf("exec %s: %v", execID, err)
+	}
+	return h.execs[execID]
+}
+
+func (h *harness) flush() {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.events.Flush(ctx); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) want(topics ...string) {
+	h.t.Helper()
+	h.flush()
+	got := h.rec.got()
+	if len(got) != len(topics) {
+		h.t.Fatalf("events %v, want %v", got, topics)
+	}
+	for i := range got {
+		if got[i] != topics[i] {
+			h.t.Fatalf("events %v, want %v", got, topics)
+		}
+	}
+}
+
+func exit(pid, status int) runc.Exit {
+	return runc.Exit{Pid: pid, Status: status, Timestamp: time.Now()}
+}
+
+func TestLifecycleEvents(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	init := h.create("c1")
+	if _, err := h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 3)})
+	w, err := h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
+	if err != nil || w.ExitStatus != 3 {
+		t.Fatalf("wait: %v %v", w, err)
+	}
+	d, err := h.svc.Delete(ctx, &taskapi.DeleteRequest{ID: "c1"})
+	if err != nil || d.ExitStatus != 3 {
+		t.Fatalf("delete: %v %v", d, err)
+	}
+	h.want("/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete")
+	if _, err := h.svc.Shutdown(ctx, &taskapi.ShutdownRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	<-h.stopped
+}
+
+// The init reaped while `runc start` is still returning: its exit must not
+// overtake its start event.
+func TestInitExitDuringStart(t *testing.T) {
+	h := newHarness(t, nil)
+	init := h.create("c1")
+	init.onStart = func() { h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)}) }
+	if _, err := h.svc.Start(context.Background(), &taskapi.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	h.want("/tasks/create", "/tasks/start", "/tasks/exit")
+	if s := init.Status(); s != process.Stopped {
+		t.Fatalf("init is %s after its exit", s)
+	}
+}
+
+// An exec reaped before `runc exec` has told the shim its pid.
+func TestExecExitBeforePidKnown(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	h.create("c1")
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	e := h.exec("c1", "e1")
+	e.onStart = func() { h.svc.HandleExits([]runc.Exit{exit(e.startPid, 5)}) }
+	if _, err := h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1", ExecID: "e1"})
+	if err != nil || w.ExitStatus != 5 {
+		t.Fatalf("wait: %v %v", w, err)
+	}
+	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit")
+}
+
+// The kernel kills the execs when the init dies, but the reaper may see the
+// init first; the init's TaskExit still comes last.
+func TestInitExitWaitsForExecExits(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	init := h.create("c1")
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	e1, e2 := h.exec("c1", "e1"), h.exec("c1", "e2")
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"})
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e2"})
+	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 137), exit(e1.Pid(), 137)})
+	h.flush()
+	if s := init.Status(); s != process.Running {
+		t.Fatalf("init marked %s while an exec still runs", s)
+	}
+	h.svc.HandleExits([]runc.Exit{exit(e2.Pid(), 137)})
+	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-added",
+		"/tasks/exec-started", "/tasks/exec-started", "/tasks/exit", "/tasks/exit", "/tasks/exit")
+	if w, err := h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"}); err != nil || w.ExitStatus != 137 {
+		t.Fatalf("wait: %v %v", w, err)
+	}
+}
+
+// An exec that outlives its init (no private pid namespace) delays the
+// init's exit only for a bounded time.
+func TestInitExitNotWedgedByExec(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	init := h.create("c1")
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.exec("c1", "e1")
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"})
+	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
+	wctx, cancel := context.WithTimeout(ctx, 10*execExitGrace)
+	defer cancel()
+	if _, err := h.svc.Wait(wctx, &taskapi.WaitRequest{ID: "c1"}); err != nil {
+		t.Fatalf("init wait wedged by a live exec: %v", err)
+	}
+}
+
+func TestWaitHoldsUntilExitForwarded(t *testing.T) {
+	rec := &recorder{gate: make(chan struct{})}
+	h := newHarness(t, rec)
+	ctx := context.Background()
+	go func() { // let create and start through
+		rec.gate <- struct{}{}
+		rec.gate <- struct{}{}
+	}()
+	init := h.create("c1")
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 1)})
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
+		done <- err
+	}()
+	select {
+	case <-done:
+		t.Fatal("Wait returned before TaskExit was forwarded")
+	case <-time.After(50 * time.Millisecond):
+	}
+	rec.gate <- struct{}{} // TaskExit goes out
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	close(rec.gate)
+}
+
+func TestErrorCodes(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	init := h.create("c1")
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	code := func(err error) error { return errgrpc.ToNative(err) }
+	for _, tc := range []struct {
+		name string
+		call func() error
+		is   func(error) bool
+	}{
+		{"id with slash", func() error {
+			_, err := h.svc.Create(ctx, &taskapi.CreateTaskRequest{ID: "../x", Bundle: h.bundle()})
+			return err
+		}, errdefs.IsInvalidArgument},
+		{"duplicate id", func() error {
+			_, err := h.svc.Create(ctx, &taskapi.CreateTaskRequest{ID: "c1", Bundle: h.bundle()})
+			return err
+		}, errdefs.IsAlreadyExists},
+		{"relative bundle", func() error {
+			_, err := h.svc.Create(ctx, &taskapi.CreateTaskRequest{ID: "c2", Bundle: "rel/dir"})
+			return err
+		}, errdefs.IsInvalidArgument},
+		{"missing runc", func() error {
+			opts, _ := typeurl.MarshalAnyToProto(&options.Options{BinaryName: "/nonexistent/runc"})
+			_, err := h.svc.Create(ctx, &taskapi.CreateTaskRequest{ID: "c3", Bundle: h.bundle(), Options: opts})
+			return err
+		}, errdefs.IsFailedPrecondition},
+		{"unknown state", func() error {
+			_, err := h.svc.State(ctx, &taskapi.StateRequest{ID: "nope"})
+			return err
+		}, errdefs.IsNotFound},
+		{"unknown exec", func() error {
+			_, err := h.svc.Kill(ctx, &taskapi.KillRequest{ID: "c1", ExecID: "nope", Signal: 9})
+			return err
+		}, errdefs.IsNotFound},
+		{"delete running", func() error {
+			_, err := h.svc.Delete(ctx, &taskapi.DeleteRequest{ID: "c1"})
+			return err
+		}, errdefs.IsFailedPrecondition},
+		{"bad exec id", func() error {
+			_, err := h.svc.Exec(ctx, &taskapi.ExecProcessRequest{ID: "c1", ExecID: "a/b"})
+			return err
+		}, errdefs.IsInvalidArgument},
+		{"exec without spec", func() error {
+			_, err := h.svc.Exec(ctx, &taskapi.ExecProcessRequest{ID: "c1", ExecID: "e"})
+			return err
+		}, errdefs.IsInvalidArgument},
+		{"pause", func() error {
+			_, err := h.svc.Pause(ctx, &taskapi.PauseRequest{ID: "c1"})
+			return err
+		}, errdefs.IsNotImplemented},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			if err == nil || !tc.is(code(err)) {
+				t.Fatalf("got %v", err)
+			}
+		})
+	}
+	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
+	h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
+	if _, err := h.svc.Kill(ctx, &taskapi.KillRequest{ID: "c1", Signal: 9}); !errdefs.IsNotFound(code(err)) {
+		t.Fatalf("kill of an exited init: %v, want NotFound", err)
+	}
+	spec, _ := typeurl.MarshalAnyToProto(&specs.Process{Args: []string{"true"}})
+	if _, err := h.svc.Exec(ctx, &taskapi.ExecProcessRequest{ID: "c1", ExecID: "late", Spec: spec}); !errdefs.IsFailedPrecondition(code(err)) {
+		t.Fatalf("exec in a stopped container: %v, want FailedPrecondition", err)
+	}
+}
