@@ -14,8 +14,8 @@ import (
 	"sync"
 	"time"
 
-	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/fifo"
+	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"github.com/sirupsen/logrus"
