@@ -30,6 +30,7 @@ type Init struct {
 	mounts  []*types.Mount
 	config  runc.Config
 	runtime *gorunc.Runc
+	cgroup  *runc.Cgroup // set by Create
 }
 
 // NewInit returns an init process in state Created; Create makes it real.
@@ -97,11 +98,23 @@ func (p *Init) Create(ctx context.Context) (retErr error) {
 		p.forceDelete(ctx)
 		return fmt.Errorf("read init pid: %w", err)
 	}
+	cg, err := runc.LoadCgroup(pid)
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("container_id", p.id).Warn("no cgroup for the container: no OOM watch, no stats")
+	}
 	p.mu.Lock()
 	p.pid = pid
 	p.io = io
+	p.cgroup = cg
 	p.mu.Unlock()
 	return nil
+}
+
+// Cgroup is the container's cgroup, nil if it could not be resolved.
+func (p *Init) Cgroup() *runc.Cgroup {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cgroup
 }
 
 // forceDelete removes the runc container whatever its state; used to undo.

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"oomshim/event"
+	"oomshim/oom"
 	"oomshim/runc"
 	"oomshim/task"
 )
@@ -81,12 +82,20 @@ func runServer(f flags, ready *os.File) error {
 	defer fwd.Close()
 	events := event.New(f.namespace, fwd, event.DefaultBackoff)
 
+	watcher, err := oom.NewWatcher(ctx, task.OOMReporter(ctx, events))
+	if err != nil {
+		l.Close()
+		return err
+	}
+	defer watcher.Close()
+
 	var once sync.Once
 	stop := make(chan struct{})
 	svc := task.New(ctx, task.Config{
 		Namespace: f.namespace,
 		Version:   Version,
 		Events:    events,
+		OOM:       watcher,
 		Shutdown:  func() { once.Do(func() { close(stop) }) },
 	})
 	reaper := runc.NewReaper(svc.HandleExits)

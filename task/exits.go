@@ -120,6 +120,7 @@ func (s *Service) exitLocked(r running, e runc.Exit) {
 	c := r.c
 	if r.execID != "" {
 		c.runningExecs--
+		s.checkOOMLocked(c)
 		s.publishExitLocked(c, r.p, e)
 		if c.runningExecs == 0 && c.pendingInit != nil {
 			s.flushInitExitLocked(c)
@@ -138,7 +139,7 @@ func (s *Service) exitLocked(r running, e runc.Exit) {
 		})
 		return
 	}
-	s.publishExitLocked(c, c.init, e)
+	s.publishInitExitLocked(c, e)
 }
 
 func (s *Service) flushInitExitLocked(c *container) {
@@ -148,6 +149,13 @@ func (s *Service) flushInitExitLocked(c *container) {
 		c.graceTimer.Stop()
 		c.graceTimer = nil
 	}
+	s.publishInitExitLocked(c, e)
+}
+
+// publishInitExitLocked gives the OOM watch its final word, which queues
+// any TaskOOM still owed, and only then queues the init's TaskExit.
+func (s *Service) publishInitExitLocked(c *container, e runc.Exit) {
+	s.unwatchLocked(c)
 	s.publishExitLocked(c, c.init, e)
 }
 

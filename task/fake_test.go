@@ -100,6 +100,7 @@ type fakeInit struct {
 }
 
 func (f *fakeInit) Bundle() string                   { return f.bundle }
+func (f *fakeInit) Cgroup() *runc.Cgroup             { return nil }
 func (f *fakeInit) Runtime() *gorunc.Runc            { return nil }
 func (f *fakeInit) Config() runc.Config              { return runc.Config{} }
 func (f *fakeInit) Create(ctx context.Context) error { return nil }

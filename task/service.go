@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"oomshim/event"
+	"oomshim/oom"
 	"oomshim/process"
 	"oomshim/runc"
 )
@@ -35,6 +36,7 @@ type initProcess interface {
 	proc
 	process.Container
 	Status() process.Status
+	Cgroup() *runc.Cgroup
 	Create(ctx context.Context) error
 	Start(ctx context.Context) error
 	Kill(ctx context.Context, sig int, all bool) error
@@ -68,6 +70,14 @@ type container struct {
 	runningExecs int
 	pendingInit  *runc.Exit // init reaped while execs still ran
 	graceTimer   *time.Timer
+	finalOOM     *oom.Counts // the OOM watch's last word, once the init exited
+}
+
+// oomWatcher is the OOM watcher (*oom.Watcher).
+type oomWatcher interface {
+	Add(id, dir string, v2 bool) error
+	Check(id string) error
+	Stop(id string) (oom.Counts, error)
 }
 
 // Config is what a Service is built from.
@@ -75,6 +85,9 @@ type Config struct {
 	Namespace string
 	Version   string
 	Events    *event.Sequencer
+	// OOM watches the containers' memory cgroups; its reporter must queue
+	// on Events (see OOMReporter).
+	OOM oomWatcher
 	// Shutdown stops the shim's server; called once, after the reply to
 	// the Shutdown call that ends the shim has been written.
 	Shutdown func()
@@ -86,6 +99,7 @@ type Service struct {
 	namespace string
 	version   string
 	events    *event.Sequencer
+	oom       oomWatcher
 	shutdown  func()
 
 	mu         sync.Mutex
@@ -106,6 +120,7 @@ func New(ctx context.Context, c Config) *Service {
 		namespace:  c.Namespace,
 		version:    c.Version,
 		events:     c.Events,
+		oom:        c.OOM,
 		shutdown:   c.Shutdown,
 		containers: make(map[string]*container),
 		running:    make(map[int]running),
@@ -227,6 +242,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 			Checkpoint:  r.Checkpoint,
 			Pid:         uint32(init.Pid()),
 		})
+		s.watchLocked(ctx, c)
 	})
 	log.G(ctx).WithField("pid", init.Pid()).Debug("container created")
 	return &taskapi.CreateTaskResponse{Pid: uint32(init.Pid())}, nil
@@ -316,6 +332,7 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (_ *task
 		}
 	}
 	delete(s.containers, r.ID)
+	s.unwatchLocked(c)
 	st = c.init.State()
 	s.queue(ctx, "/tasks/delete", &eventstypes.TaskDelete{
 		ContainerID: r.ID,
@@ -518,9 +535,33 @@ func (s *Service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*em
 	return &emptypb.Empty{}, nil
 }
 
-// Stats is not served yet.
-func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
-	return nil, toGRPC(fmt.Errorf("stats: %w", errdefs.ErrNotImplemented))
+// Stats returns the container's cgroup metrics. Once the cgroup is gone
+// (the init exited and, with the systemd driver, its scope went with it),
+// it keeps answering the final memory events until Delete.
+func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (_ *taskapi.StatsResponse, retErr error) {
+	defer func() { retErr = toGRPC(retErr) }()
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	cg := c.init.Cgroup()
+	if cg == nil {
+		return nil, fmt.Errorf("container %q has no known cgroup: %w", r.ID, errdefs.ErrNotFound)
+	}
+	a, err := cg.Stats()
+	if errors.Is(err, runc.ErrCgroupGone) {
+		s.mu.Lock()
+		final := c.finalOOM
+		s.mu.Unlock()
+		if final == nil {
+			return nil, fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
+		}
+		a, err = cg.FinalStats(final.OOMKill, final.Max)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &taskapi.StatsResponse{Stats: a}, nil
 }
 
 // ResizePty is not served yet: terminals are not supported.

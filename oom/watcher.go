@@ -1,0 +1,442 @@
+package oom
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	// ErrClosed is returned after Close.
+	ErrClosed = errors.New("oom: watcher closed")
+	// ErrExists is returned when a container is already watched.
+	ErrExists = errors.New("oom: container already watched")
+	// ErrNotWatched is returned for a container that is not watched.
+	ErrNotWatched = errors.New("oom: container not watched")
+)
+
+// Level says whose memory limit made the OOM killer act.
+type Level int
+
+const (
+	// LevelContainer: the container's own limit (its max counter rose).
+	LevelContainer Level = iota + 1
+	// LevelAncestor: a parent's limit, such as a pod's.
+	LevelAncestor
+)
+
+func (l Level) String() string {
+	switch l {
+	case LevelContainer:
+		return "container"
+	case LevelAncestor:
+		return "ancestor"
+	}
+	return fmt.Sprintf("level(%d)", int(l))
+}
+
+// Event is one observed rise of a container's oom_kill counter.
+type Event struct {
+	ID      string // container ID, never empty
+	Cgroup  string // memory cgroup directory
+	OOMKill uint64 // the new oom_kill count
+	Kills   uint64 // how much it rose since the last report
+	Level   Level
+}
+
+// Reporter receives OOM events. It runs with the container's watch locked,
+// so everything it queues is queued before Stop or Check returns: it must
+// not block (queueing on the event sequencer is what it is for).
+type Reporter func(Event)
+
+// Watcher follows the memory cgroups of a shim's containers: one epoll
+// instance and one goroutine for all of them. On cgroup v2 it watches
+// memory.events and cgroup.events with inotify; on cgroup v1 it registers
+// an eventfd on memory.oom_control. Either way a wakeup re-reads the
+// counters and reports only rises over the baseline read at Add.
+type Watcher struct {
+	ctx    context.Context
+	report Reporter
+	epfd   int
+	wake   int // eventfd: Close
+	ino    int // inotify, for v2 cgroups
+
+	mu      sync.Mutex
+	closed  bool
+	byID    map[string]*watch
+	byFd    map[int32]*watch // v1 eventfd -> watch
+	byWd    map[int32]*watch // v2 inotify watch descriptor -> watch
+	stopped chan struct{}
+}
+
+// watch is one container's cgroup.
+type watch struct {
+	mu      sync.Mutex
+	id      string
+	dir     string
+	v2      bool
+	counter int // fd: v2 memory.events, v1 memory.oom_control
+	failcnt int // v1 memory.failcnt, -1 on v2
+	efd     int // v1 eventfd, -1 on v2
+	wds     []int32
+	last    Counts
+	buf     []byte
+	done    bool // stopped, or its cgroup is gone
+}
+
+// NewWatcher starts a watcher whose OOMs go to report. ctx carries the
+// logger. Stop it with Close.
+func NewWatcher(ctx context.Context, report Reporter) (*Watcher, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("oom: epoll: %w", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("oom: eventfd: %w", err)
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
+		unix.Close(wake)
+		unix.Close(epfd)
+		return nil, fmt.Errorf("oom: epoll add: %w", err)
+	}
+	ino, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err == nil {
+		err = unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, ino, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ino)})
+	}
+	if err != nil {
+		unix.Close(ino)
+		unix.Close(wake)
+		unix.Close(epfd)
+		return nil, fmt.Errorf("oom: inotify: %w", err)
+	}
+	w := &Watcher{
+		ctx: ctx, report: report, epfd: epfd, wake: wake, ino: ino,
+		byID: map[string]*watch{}, byFd: map[int32]*watch{}, byWd: map[int32]*watch{},
+		stopped: make(chan struct{}),
+	}
+	go w.loop()
+	return w, nil
+}
+
+// Add starts watching container id's memory cgroup. v2 says whether dir
+// (the cgroup's directory) is on the unified hierarchy. The current
+// counters become the baseline: only later OOMs are reported.
+func (w *Watcher) Add(id, dir string, v2 bool) (err error) {
+	if id == "" {
+		return errors.New("oom: empty container id")
+	}
+	wt := &watch{id: id, dir: dir, v2: v2, counter: -1, failcnt: -1, efd: -1, buf: make([]byte, 256)}
+	defer func() {
+		if err != nil {
+			wt.close()
+		}
+	}()
+	name := "memory.oom_control"
+	if v2 {
+		name = "memory.events"
+	}
+	if wt.counter, err = unix.Open(filepath.Join(dir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+		return fmt.Errorf("oom: open %s: %w", filepath.Join(dir, name), err)
+	}
+	if !v2 {
+		if wt.failcnt, err = unix.Open(filepath.Join(dir, "memory.failcnt"), unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("oom: open memory.failcnt: %w", err)
+		}
+	}
+	if wt.last, err = wt.read(); err != nil {
+		return fmt.Errorf("oom: baseline of %s: %w", dir, err)
+	}
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return ErrClosed
+	}
+	if _, ok := w.byID[id]; ok {
+		return fmt.Errorf("%w: %s", ErrExists, id)
+	}
+	if v2 {
+		err = w.addInotify(wt)
+	} else {
+		err = w.addEventfd(wt)
+	}
+	if err != nil {
+		return err
+	}
+	w.byID[id] = wt
+	return nil
+}
+
+func (w *Watcher) addInotify(wt *watch) error {
+	// cgroup.events changes when the last process leaves: the moment to
+	// look again even if memory.events' own notification lags.
+	for _, name := range []string{"memory.events", "cgroup.events"} {
+		wd, err := unix.InotifyAddWatch(w.ino, filepath.Join(wt.dir, name), unix.IN_MODIFY)
+		if err != nil {
+			for _, wd := range wt.wds {
+				unix.InotifyRmWatch(w.ino, uint32(wd))
+				delete(w.byWd, wd)
+			}
+			return fmt.Errorf("oom: inotify %s: %w", filepath.Join(wt.dir, name), err)
+		}
+		wt.wds = append(wt.wds, int32(wd))
+		w.byWd[int32(wd)] = wt
+	}
+	return nil
+}
+
+func (w *Watcher) addEventfd(wt *watch) error {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("oom: eventfd: %w", err)
+	}
+	wt.efd = efd
+	ctl := filepath.Join(wt.dir, "cgroup.event_control")
+	if err := writeFile(ctl, fmt.Sprintf("%d %d", efd, wt.counter)); err != nil {
+		return fmt.Errorf("oom: register with %s: %w", ctl, err)
+	}
+	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, efd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(efd)}); err != nil {
+		return fmt.Errorf("oom: epoll add eventfd: %w", err)
+	}
+	w.byFd[int32(efd)] = wt
+	return nil
+}
+
+func writeFile(path, s string) error {
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	_, err = unix.Write(fd, []byte(s))
+	return err
+}
+
+// Check re-reads container id's counters now and reports a rise. The shim
+// calls it before publishing an exec process's exit.
+func (w *Watcher) Check(id string) error {
+	w.mu.Lock()
+	wt, ok := w.byID[id]
+	w.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrNotWatched, id)
+	}
+	wt.mu.Lock()
+	defer wt.mu.Unlock()
+	w.update(wt)
+	return nil
+}
+
+// Stop gives container id's watch its final word and forgets it: one last
+// read (kernfs notification is asynchronous, so this read is what turns an
+// OOM racing with the exit into one reported before it), then removal, so a
+// re-used ID is watched afresh. It returns the last counters seen. It never
+// waits on the watcher's goroutine beyond one read of a counter file.
+func (w *Watcher) Stop(id string) (Counts, error) {
+	w.mu.Lock()
+	wt, ok := w.byID[id]
+	if ok {
+		delete(w.byID, id)
+		for _, wd := range wt.wds {
+			delete(w.byWd, wd)
+		}
+		if wt.efd >= 0 {
+			delete(w.byFd, int32(wt.efd))
+		}
+	}
+	w.mu.Unlock()
+	if !ok {
+		return Counts{}, fmt.Errorf("%w: %s", ErrNotWatched, id)
+	}
+	wt.mu.Lock()
+	defer wt.mu.Unlock()
+	w.update(wt)
+	wt.done = true
+	for _, wd := range wt.wds {
+		unix.InotifyRmWatch(w.ino, uint32(wd)) // fails harmlessly if the cgroup is gone
+	}
+	if wt.efd >= 0 {
+		unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, wt.efd, nil)
+	}
+	wt.close()
+	return wt.last, nil
+}
+
+func (wt *watch) close() {
+	for _, fd := range []*int{&wt.counter, &wt.failcnt, &wt.efd} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
+}
+
+// read returns the cgroup's current counters.
+func (wt *watch) read() (Counts, error) {
+	data, err := preadAll(wt.counter, &wt.buf)
+	if err != nil {
+		return Counts{}, err
+	}
+	var c Counts
+	if c.OOMKill, err = parseKeyed(data, "oom_kill"); err != nil {
+		return Counts{}, err
+	}
+	if wt.v2 {
+		c.Max, err = parseKeyed(data, "max")
+		return c, err
+	}
+	data, err = preadAll(wt.failcnt, &wt.buf)
+	if err != nil {
+		return Counts{}, err
+	}
+	c.Max, err = parseUint(trimNL(data))
+	return c, err
+}
+
+func trimNL(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// update reads wt and reports a rise of oom_kill. wt.mu is held.
+func (w *Watcher) update(wt *watch) {
+	if wt.done {
+		return
+	}
+	c, err := wt.read()
+	if err != nil {
+		if isGone(err) {
+			wt.done = true // the last known count stands
+			return
+		}
+		log.G(w.ctx).WithError(err).WithField("container_id", wt.id).Warn("read OOM counters")
+		return
+	}
+	if c.OOMKill <= wt.last.OOMKill {
+		wt.last.Max = c.Max
+		return
+	}
+	ev := Event{ID: wt.id, Cgroup: wt.dir, OOMKill: c.OOMKill, Kills: c.OOMKill - wt.last.OOMKill, Level: LevelAncestor}
+	if c.Max > wt.last.Max {
+		ev.Level = LevelContainer
+	}
+	wt.last = c
+	log.G(w.ctx).WithFields(log.Fields{
+		"container_id": ev.ID, "cgroup": ev.Cgroup, "oom_kill": ev.OOMKill, "kills": ev.Kills, "limit": ev.Level.String(),
+	}).Warn("container OOM-killed")
+	w.report(ev)
+}
+
+// loop is the watcher's goroutine: it waits on epoll and re-reads the
+// cgroups a wakeup names.
+func (w *Watcher) loop() {
+	defer close(w.stopped)
+	events := make([]unix.EpollEvent, 16)
+	inobuf := make([]byte, 4096)
+	var eb [8]byte
+	for {
+		n, err := unix.EpollWait(w.epfd, events, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			log.G(w.ctx).WithError(err).Error("oom watcher: epoll_wait")
+			return
+		}
+		for _, ev := range events[:n] {
+			switch fd := int(ev.Fd); {
+			case fd == w.wake:
+				return
+			case fd == w.ino:
+				w.drainInotify(inobuf)
+			default:
+				w.mu.Lock()
+				wt := w.byFd[ev.Fd]
+				w.mu.Unlock()
+				if wt == nil {
+					continue // stopped; Stop closes the eventfd
+				}
+				wt.mu.Lock()
+				// Read only a live watch's eventfd: a stopped one's number
+				// may already belong to another file.
+				if !wt.done {
+					unix.Read(wt.efd, eb[:])
+					w.update(wt)
+					if wt.done { // the cgroup went away: nothing more to hear
+						unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, wt.efd, nil)
+					}
+				}
+				wt.mu.Unlock()
+			}
+		}
+	}
+}
+
+// drainInotify reads all pending inotify events and updates each watch
+// they name once.
+func (w *Watcher) drainInotify(buf []byte) {
+	for {
+		n, err := unix.Read(w.ino, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n < unix.SizeofInotifyEvent {
+			return // EAGAIN: drained
+		}
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			raw := (*unix.InotifyEvent)(unsafePointer(&buf[off]))
+			off += unix.SizeofInotifyEvent + int(raw.Len)
+			w.mu.Lock()
+			wt := w.byWd[raw.Wd]
+			w.mu.Unlock()
+			if wt == nil {
+				continue
+			}
+			wt.mu.Lock()
+			w.update(wt)
+			wt.mu.Unlock()
+		}
+	}
+}
+
+// Close stops the goroutine and releases every watch without a final read.
+// It is bounded: the goroutine returns at its next epoll wakeup, which
+// Close itself triggers.
+func (w *Watcher) Close() error {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.closed = true
+	rest := w.byID
+	w.byID, w.byFd, w.byWd = map[string]*watch{}, map[int32]*watch{}, map[int32]*watch{}
+	w.mu.Unlock()
+	var one = [8]byte{1}
+	unix.Write(w.wake, one[:])
+	select {
+	case <-w.stopped:
+	case <-time.After(5 * time.Second):
+		log.G(w.ctx).Error("oom watcher goroutine did not stop")
+	}
+	for _, wt := range rest {
+		wt.mu.Lock()
+		wt.done = true
+		wt.close()
+		wt.mu.Unlock()
+	}
+	unix.Close(w.ino)
+	unix.Close(w.wake)
+	unix.Close(w.epfd)
+	return nil
+}
