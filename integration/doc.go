@@ -1,0 +1,23 @@
+// Package integration drives the shim under test through a private containerd
+// v2.4.2, exactly as a stock containerd would run containerd-shim-runc-v2,
+// and by hand over its own start/delete/ttrpc protocol.
+//
+// Run it as root from this directory:
+//
+//	go test ./...                      # skips clearly when not root or tools are missing
+//	REQUIRE_INTEGRATION=1 go test ./... # missing prerequisites fail instead
+//
+// Environment:
+//
+//	SHIM_BINARY     shim under test (default <repo>/bin/containerd-shim-runc-v2)
+//	TOOLS_BIN       dir with containerd, ctr, runc (default <repo>/.tools/bin)
+//	TEST_IMAGE_TAR  OCI image-layout tarball (default <repo>/.tools/images/busybox.tar)
+//	CYCLES          ctr run --rm cycles of the stress test (default 500)
+//	REQUIRE_INTEGRATION=1  turn skips for missing prerequisites into failures
+//
+// TestMain starts one containerd for the whole package under /run/oomshim-test-*,
+// with the CRI plugin disabled and containerd-shim-runc-v2 on its PATH pointing
+// at SHIM_BINARY. Every test uses its own containerd namespace. After the
+// tests, TestMain stops containerd and fails the run if a shim process, mount,
+// fifo, bundle, runc container or cgroup made by the tests is left behind.
+package integration
