@@ -77,7 +77,7 @@ install_go_tools() {
 	fi
 
 	"$BIN/containerd" --version >&2
-	"$BIN/runc" --version | head -n1 >&2
+	"$BIN/runc" --version | sed -n 1p >&2 # sed reads all: no SIGPIPE under pipefail
 }
 
 install_debian_packages() {
