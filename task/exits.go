@@ -94,7 +94,10 @@ func (s *Service) endStart(r *running, announce func()) {
 		}
 		if e, ok := s.takePending(pid); ok {
 			s.exitLocked(*r, e)
-		} else {
+		} else if r.p.State().Status != process.Stopped {
+			// (Stopped: reaped before the window opened, e.g. an init
+			// that died between create and a start that then failed.
+			// Registering its pid again could take a stranger's exit.)
 			s.running[pid] = *r
 		}
 	}

@@ -105,6 +105,9 @@ func (f *fakeInit) Runtime() *gorunc.Runc            { return nil }
 func (f *fakeInit) Config() runc.Config              { return runc.Config{} }
 func (f *fakeInit) Create(ctx context.Context) error { return nil }
 func (f *fakeInit) Start(ctx context.Context) error {
+	if s := f.Status(); s != process.Created {
+		return &process.TransitionError{From: s, To: process.Running}
+	}
 	f.start()
 	return nil
 }

@@ -340,3 +340,18 @@ func TestErrorCodes(t *testing.T) {
 		t.Fatalf("exec in a stopped container: %v, want FailedPrecondition", err)
 	}
 }
+
+// An init reaped between create and start: the failed start must not put
+// its pid back in the running table, where a later process re-using the
+// pid would be taken for it.
+func TestDeadInitNotReRegistered(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	init := h.create("c1")
+	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 137)})
+	if _, err := h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"}); err == nil {
+		t.Fatal("start of a stopped init succeeded")
+	}
+	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)}) // a stranger with the same pid
+	h.want("/tasks/create", "/tasks/exit")
+}
