@@ -323,7 +323,8 @@ func (w *Watcher) update(wt *watch) {
 		return
 	}
 	if c.OOMKill <= wt.last.OOMKill {
-		wt.last.Max = c.Max
+		// Counters only grow; never let a read lower the baseline.
+		wt.last.Max = max(wt.last.Max, c.Max)
 		return
 	}
 	ev := Event{ID: wt.id, Cgroup: wt.dir, OOMKill: c.OOMKill, Kills: c.OOMKill - wt.last.OOMKill, Level: LevelAncestor}
