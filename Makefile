@@ -18,7 +18,7 @@ export SHIM_BINARY := $(SHIM)
 export TOOLS_BIN
 export TEST_IMAGE_TAR := $(IMAGE_TAR)
 
-.PHONY: all build install tools image test unit integration demo clean
+.PHONY: all build install tools image test unit integration test-cgroup2 stress bench demo clean
 
 all: build
 
@@ -38,9 +38,10 @@ tools:
 image: tools
 	./scripts/build-image.sh
 
-# Everything CI runs: unit tests, then the integration suite against a
-# private containerd on this machine.
-test: unit integration
+# Everything CI runs: unit tests, the integration suite against a private
+# containerd on this machine (cgroup v1 memory), then the same suite in a VM
+# on a cgroup v2 kernel.
+test: unit integration test-cgroup2
 
 unit:
 	go vet -tags $(GO_TAGS) ./...
@@ -48,6 +49,31 @@ unit:
 
 integration: build image
 	cd integration && REQUIRE_INTEGRATION=1 go test -count=1 -timeout 40m -v ./... 2>&1 | tee $(ROOT)/.tools/integration.log; exit $${PIPESTATUS[0]}
+
+# cgroup v2 lane: the integration suite inside a qemu (TCG) VM that boots
+# Debian's kernel with only the unified hierarchy (scripts/vm/README.md).
+# Knobs: VM_CYCLES (stress cycles in the guest: CYCLES when given on the
+# command line or in the environment, else 100), VM_TIMEOUT (hard limit in
+# seconds, default 1200), TEST_RUN (-test.run filter), VERBOSE=1 (stream the
+# guest console), VM_MEM, VM_SMP.
+VM_CYCLES ?= $(if $(filter command line environment,$(origin CYCLES)),$(CYCLES),100)
+
+test-cgroup2: build image
+	VM_CYCLES=$(VM_CYCLES) ./scripts/vm/test-cgroup2.sh
+
+# OOM stress on demand: OOM_STRESS_ROUNDS rounds of OOM_STRESS_CONTAINERS
+# containers OOM-killed at once; each must exit 137 with exactly one TaskOOM
+# published before its TaskExit. `make test` runs the same test at 8 x 10.
+OOM_STRESS_CONTAINERS ?= 100
+OOM_STRESS_ROUNDS     ?= 100
+# go test's own limit; the test also bounds itself (per round:
+# 2 min + 1 s per container).
+STRESS_TIMEOUT        ?= 6h
+
+stress: build image
+	cd integration && REQUIRE_INTEGRATION=1 \
+		OOM_STRESS_CONTAINERS=$(OOM_STRESS_CONTAINERS) OOM_STRESS_ROUNDS=$(OOM_STRESS_ROUNDS) \
+		go test -count=1 -timeout $(STRESS_TIMEOUT) -run '^TestOOMStress$$' -v . 2>&1 | tee $(ROOT)/.tools/stress.log; exit $${PIPESTATUS[0]}
 
 demo: build
 	./scripts/demo.sh

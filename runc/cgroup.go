@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 
 	"github.com/containerd/cgroups/v3"
@@ -72,9 +73,20 @@ func (c *Cgroup) Stats() (*anypb.Any, error) {
 		err error
 	)
 	if c.unified {
-		m, err = c.v2.Stat()
+		var s2 *stats2.Metrics
+		s2, err = c.v2.Stat()
+		m = s2
+		// cgroup2's Stat skips missing files instead of failing, so a
+		// removed cgroup reads as empty metrics: look at the directory.
+		if err == nil && c.gone() {
+			err = fs.ErrNotExist
+		}
 	} else {
-		m, err = c.v1.Stat(cgroup1.IgnoreNotExist)
+		if c.gone() {
+			err = fs.ErrNotExist
+		} else {
+			m, err = c.v1.Stat(cgroup1.IgnoreNotExist)
+		}
 	}
 	if err != nil {
 		if errors.Is(err, cgroup1.ErrCgroupDeleted) || isNotExist(err) {
@@ -98,6 +110,12 @@ func (c *Cgroup) FinalStats(oomKill, max uint64) (*anypb.Any, error) {
 	return typeurl.MarshalAnyToProto(&stats1.Metrics{
 		MemoryOomControl: &stats1.MemoryOomControl{OomKill: oomKill},
 	})
+}
+
+// gone reports whether the memory cgroup's directory no longer exists.
+func (c *Cgroup) gone() bool {
+	_, err := os.Stat(c.memory)
+	return errors.Is(err, fs.ErrNotExist)
 }
 
 func isNotExist(err error) bool {

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# build-initramfs.sh: pack the cgroup v2 test VM's initramfs.
+#
+#   output: $VM_DIR/initramfs.cpio (uncompressed newc: under TCG the kernel
+#           unpacks plain cpio much faster than it inflates gzip)
+#
+# Contents: /init (scripts/vm/init), Debian's static busybox with its applets,
+# /dev/console, the kernel modules the guest needs with their dependencies
+# (overlay for containerd's snapshotter; virtio_pci and 9p for the results
+# share) in load order, and under /oomshim the shim, static containerd, ctr
+# and runc, the integration test binary and the test image.
+#
+# Inputs come from the environment (run by test-cgroup2.sh):
+#   SHIM_BINARY, TEST_IMAGE_TAR, VM_KERNEL (lib.sh), BUSYBOX (/bin/busybox)
+#
+# Cached: the archive is rebuilt only when a hash over every input file (and
+# this script and init) differs from the one stored beside it; FORCE=1
+# rebuilds anyway. Needs root (mknod /dev/console).
+set -euo pipefail
+
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+resolve_kernel
+
+SHIM_BINARY="${SHIM_BINARY:-$ROOT/bin/containerd-shim-runc-v2}"
+TEST_IMAGE_TAR="${TEST_IMAGE_TAR:-$ROOT/.tools/images/busybox.tar}"
+BUSYBOX="${BUSYBOX:-/bin/busybox}"
+OUT="$VM_DIR/initramfs.cpio"
+MODDIR="/lib/modules/$VM_KERNEL_RELEASE"
+# Modules the guest loads; their dependencies are added from modules.dep.
+MODULES=(overlay virtio_pci 9pnet_virtio 9p)
+
+log() { printf '[vm/build-initramfs] %s\n' "$*" >&2; }
+
+[[ $(id -u) -eq 0 ]] || { log "needs root (mknod /dev/console in the archive)"; exit 1; }
+for f in "$SHIM_BINARY" "$TEST_IMAGE_TAR" "$BUSYBOX" "$VM_DIR/integration.test" \
+	"$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc"; do
+	[[ -f "$f" ]] || { log "missing input $f"; exit 1; }
+done
+if ldd "$BUSYBOX" >/dev/null 2>&1; then
+	log "$BUSYBOX is dynamically linked; install busybox-static"
+	exit 1
+fi
+
+# --- modules in load order -------------------------------------------------
+declare -A dep_of=() path_of=() seen=()
+while IFS= read -r line; do
+	mod="${line%%:*}"
+	name="${mod##*/}"
+	name="${name%.ko}"
+	name="${name//-/_}"
+	path_of[$name]="$mod"
+	dep_of[$name]="${line#*:}"
+done <"$MODDIR/modules.dep"
+
+ordered=()
+add_module() {
+	local name="${1//-/_}" d
+	[[ -n "${seen[$name]:-}" ]] && return
+	seen[$name]=1
+	[[ -n "${path_of[$name]:-}" ]] || { log "module $name not in $MODDIR/modules.dep"; exit 1; }
+	for d in ${dep_of[$name]}; do
+		d="${d##*/}"
+		add_module "${d%.ko}"
+	done
+	ordered+=("${path_of[$name]}")
+}
+for m in "${MODULES[@]}"; do
+	add_module "$m"
+done
+
+# --- cache check -----------------------------------------------------------
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+inputs=("$HERE/init" "$HERE/build-initramfs.sh" "$SHIM_BINARY" "$TEST_IMAGE_TAR" "$BUSYBOX"
+	"$VM_DIR/integration.test" "$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc")
+for ko in "${ordered[@]}"; do
+	inputs+=("$MODDIR/$ko")
+done
+want="$({
+	echo "release $VM_KERNEL_RELEASE"
+	sha256sum "${inputs[@]}"
+} | sha256sum | cut -d' ' -f1)"
+stamp="$OUT.stamp"
+if [[ "${FORCE:-}" != 1 && -f "$OUT" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+	log "$OUT is up to date"
+	exit 0
+fi
+
+# --- staging tree ----------------------------------------------------------
+stage="$VM_DIR/initramfs.d"
+rm -rf "$stage"
+mkdir -p "$stage"/{bin,dev,etc,proc,sys,run,tmp,root,lib/modules,oomshim/bin,oomshim/integration}
+chmod 1777 "$stage/tmp"
+ln -s bin "$stage/sbin"
+mkdir -p "$stage/usr"
+ln -s ../bin "$stage/usr/bin"
+ln -s ../bin "$stage/usr/sbin"
+
+install -m 0755 "$HERE/init" "$stage/init"
+install -m 0755 "$BUSYBOX" "$stage/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+	[[ "$applet" == busybox ]] || ln -s busybox "$stage/bin/$applet"
+done
+mknod -m 0600 "$stage/dev/console" c 5 1
+
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$stage/etc/passwd"
+printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' >"$stage/etc/group"
+printf '127.0.0.1 localhost oomshim-vm\n::1 localhost\n' >"$stage/etc/hosts"
+ln -s /proc/mounts "$stage/etc/mtab"
+
+for ko in "${ordered[@]}"; do
+	install -D -m 0644 "$MODDIR/$ko" "$stage/lib/modules/$ko"
+	echo "$ko"
+done >"$stage/lib/modules/modules.order"
+
+install -m 0755 "$SHIM_BINARY" "$stage/oomshim/containerd-shim-runc-v2"
+install -m 0755 "$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc" "$stage/oomshim/bin/"
+install -m 0755 "$VM_DIR/integration.test" "$stage/oomshim/integration/integration.test"
+install -m 0644 "$TEST_IMAGE_TAR" "$stage/oomshim/busybox.tar"
+
+# --- archive ---------------------------------------------------------------
+(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |
+	"$BUSYBOX" cpio -o -H newc -R 0:0 --ignore-devno --renumber-inodes >"$OUT.tmp")
+mv "$OUT.tmp" "$OUT"
+printf '%s' "$want" >"$stamp"
+rm -rf "$stage"
+log "built $OUT ($(du -h "$OUT" | cut -f1); kernel $VM_KERNEL_RELEASE; modules: ${ordered[*]##*/})"
