@@ -13,6 +13,8 @@
 //	TOOLS_BIN       dir with containerd, ctr, runc (default <repo>/.tools/bin)
 //	TEST_IMAGE_TAR  OCI image-layout tarball (default <repo>/.tools/images/busybox.tar)
 //	CYCLES          ctr run --rm cycles of the stress test (default 500)
+//	OOM_STRESS_CONTAINERS  OOM-killed containers per round, run at once (default 8)
+//	OOM_STRESS_ROUNDS      rounds of the OOM stress test (default 10)
 //	REQUIRE_INTEGRATION=1  turn skips for missing prerequisites into failures
 //
 // TestMain starts one containerd for the whole package under /run/oomshim-test-*,
@@ -20,4 +22,10 @@
 // at SHIM_BINARY. Every test uses its own containerd namespace. After the
 // tests, TestMain stops containerd and fails the run if a shim process, mount,
 // fifo, bundle, runc container or cgroup made by the tests is left behind.
+//
+// The OOM tests (TestOOM, TestOOMStress) run containers with a 20 MiB memory
+// limit and an equal memory+swap limit (where swap can be limited) that
+// really get OOM-killed, on cgroup v1 (legacy or hybrid) and v2 alike; they
+// skip clearly where no OOM can be forced (no memory controller, or swap that
+// cannot be limited).
 package integration

@@ -31,6 +31,9 @@ type testEnv struct {
 	ns    string
 	ctx   context.Context
 	image client.Image
+	// logStart is containerd's log size when the test began: what the
+	// test's own containers and shims logged comes after it.
+	logStart int64
 }
 
 func newTestEnv(t *testing.T) *testEnv {
@@ -51,7 +54,7 @@ func newTestEnvTimeout(t *testing.T, timeout time.Duration) *testEnv {
 			t.Logf("namespace %s; containerd log since the test started (last 150 lines):\n%s", ns, h.logSince(offset, 150))
 		}
 	})
-	return &testEnv{t: t, h: h, c: h.client, ns: ns, ctx: ctx}
+	return &testEnv{t: t, h: h, c: h.client, ns: ns, ctx: ctx, logStart: offset}
 }
 
 // cleanupCtx is a fresh context for t.Cleanup work, which runs after the

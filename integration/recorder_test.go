@@ -39,6 +39,8 @@ func (e recordedEvent) String() string {
 		return fmt.Sprintf("%s(%s exec %s)", e.Topic, ev.ContainerID, ev.ExecID)
 	case *eventstypes.TaskExecStarted:
 		return fmt.Sprintf("%s(%s exec %s pid %d)", e.Topic, ev.ContainerID, ev.ExecID, ev.Pid)
+	case *eventstypes.TaskOOM:
+		return fmt.Sprintf("%s(%s)", e.Topic, ev.ContainerID)
 	}
 	return e.Topic
 }

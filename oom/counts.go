@@ -17,9 +17,9 @@ type Counts struct {
 	// OOMKill counts processes the OOM killer killed in the cgroup
 	// (v2 memory.events oom_kill, v1 memory.oom_control oom_kill).
 	OOMKill uint64
-	// Max counts hits of the cgroup's own limit (v2 memory.events max,
-	// v1 memory.failcnt). If OOMKill rises while Max does not, the limit
-	// that fired was an ancestor's (a pod-level limit).
+	// Max counts hits of the cgroup's own limit (v2 memory.events max;
+	// 0 on v1, where the peak usage tells instead). If OOMKill rises while
+	// Max does not, the limit that fired was an ancestor's (pod-level).
 	Max uint64
 }
 

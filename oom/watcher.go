@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
@@ -64,8 +66,8 @@ type Watcher struct {
 	ctx    context.Context
 	report Reporter
 	epfd   int
-	wake   int // eventfd: Close
-	ino    int // inotify, for v2 cgroups
+	wake   int          // eventfd: Close
+	ino    atomic.Int32 // inotify, created by the first v2 Add; -1 before
 
 	mu      sync.Mutex
 	closed  bool
@@ -82,7 +84,6 @@ type watch struct {
 	dir     string
 	v2      bool
 	counter int // fd: v2 memory.events, v1 memory.oom_control
-	failcnt int // v1 memory.failcnt, -1 on v2
 	efd     int // v1 eventfd, -1 on v2
 	wds     []int32
 	last    Counts
@@ -107,21 +108,12 @@ func NewWatcher(ctx context.Context, report Reporter) (*Watcher, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("oom: epoll add: %w", err)
 	}
-	ino, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
-	if err == nil {
-		err = unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, ino, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ino)})
-	}
-	if err != nil {
-		unix.Close(ino)
-		unix.Close(wake)
-		unix.Close(epfd)
-		return nil, fmt.Errorf("oom: inotify: %w", err)
-	}
 	w := &Watcher{
-		ctx: ctx, report: report, epfd: epfd, wake: wake, ino: ino,
+		ctx: ctx, report: report, epfd: epfd, wake: wake,
 		byID: map[string]*watch{}, byFd: map[int32]*watch{}, byWd: map[int32]*watch{},
 		stopped: make(chan struct{}),
 	}
+	w.ino.Store(-1)
 	go w.loop()
 	return w, nil
 }
@@ -133,7 +125,7 @@ func (w *Watcher) Add(id, dir string, v2 bool) (err error) {
 	if id == "" {
 		return errors.New("oom: empty container id")
 	}
-	wt := &watch{id: id, dir: dir, v2: v2, counter: -1, failcnt: -1, efd: -1, buf: make([]byte, 256)}
+	wt := &watch{id: id, dir: dir, v2: v2, counter: -1, efd: -1, buf: make([]byte, 256)}
 	defer func() {
 		if err != nil {
 			wt.close()
@@ -145,11 +137,6 @@ func (w *Watcher) Add(id, dir string, v2 bool) (err error) {
 	}
 	if wt.counter, err = unix.Open(filepath.Join(dir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
 		return fmt.Errorf("oom: open %s: %w", filepath.Join(dir, name), err)
-	}
-	if !v2 {
-		if wt.failcnt, err = unix.Open(filepath.Join(dir, "memory.failcnt"), unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
-			return fmt.Errorf("oom: open memory.failcnt: %w", err)
-		}
 	}
 	if wt.last, err = wt.read(); err != nil {
 		return fmt.Errorf("oom: baseline of %s: %w", dir, err)
@@ -175,14 +162,29 @@ func (w *Watcher) Add(id, dir string, v2 bool) (err error) {
 	return nil
 }
 
+// addInotify watches wt's files. The inotify instance is made on the first
+// v2 watch only: a cgroup v1 host needs none, and instances are limited per
+// user (fs.inotify.max_user_instances, often 128).
 func (w *Watcher) addInotify(wt *watch) error {
+	if w.ino.Load() < 0 {
+		ino, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+		if err != nil {
+			return fmt.Errorf("oom: inotify: %w", err)
+		}
+		if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, ino, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ino)}); err != nil {
+			unix.Close(ino)
+			return fmt.Errorf("oom: epoll add inotify: %w", err)
+		}
+		w.ino.Store(int32(ino))
+	}
+	ino := int(w.ino.Load())
 	// cgroup.events changes when the last process leaves: the moment to
 	// look again even if memory.events' own notification lags.
 	for _, name := range []string{"memory.events", "cgroup.events"} {
-		wd, err := unix.InotifyAddWatch(w.ino, filepath.Join(wt.dir, name), unix.IN_MODIFY)
+		wd, err := unix.InotifyAddWatch(ino, filepath.Join(wt.dir, name), unix.IN_MODIFY)
 		if err != nil {
 			for _, wd := range wt.wds {
-				unix.InotifyRmWatch(w.ino, uint32(wd))
+				unix.InotifyRmWatch(ino, uint32(wd))
 				delete(w.byWd, wd)
 			}
 			return fmt.Errorf("oom: inotify %s: %w", filepath.Join(wt.dir, name), err)
@@ -261,7 +263,7 @@ func (w *Watcher) Stop(id string) (Counts, error) {
 	w.update(wt)
 	wt.done = true
 	for _, wd := range wt.wds {
-		unix.InotifyRmWatch(w.ino, uint32(wd)) // fails harmlessly if the cgroup is gone
+		unix.InotifyRmWatch(int(w.ino.Load()), uint32(wd)) // fails harmlessly if the cgroup is gone
 	}
 	if wt.efd >= 0 {
 		unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, wt.efd, nil)
@@ -271,7 +273,7 @@ func (w *Watcher) Stop(id string) (Counts, error) {
 }
 
 func (wt *watch) close() {
-	for _, fd := range []*int{&wt.counter, &wt.failcnt, &wt.efd} {
+	for _, fd := range []*int{&wt.counter, &wt.efd} {
 		if *fd >= 0 {
 			unix.Close(*fd)
 			*fd = -1
@@ -291,14 +293,30 @@ func (wt *watch) read() (Counts, error) {
 	}
 	if wt.v2 {
 		c.Max, err = parseKeyed(data, "max")
-		return c, err
 	}
-	data, err = preadAll(wt.failcnt, &wt.buf)
-	if err != nil {
-		return Counts{}, err
-	}
-	c.Max, err = parseUint(trimNL(data))
 	return c, err
+}
+
+// v1OwnLimit tells, on cgroup v1, whether the container's own limit fired:
+// its peak usage reached its limit. (memory.failcnt cannot tell: kernels
+// such as 6.18 leave it at 0 across an OOM kill at the cgroup's own limit.)
+// Read only when an OOM is reported.
+func (wt *watch) v1OwnLimit() bool {
+	limit, err1 := readUint(filepath.Join(wt.dir, "memory.limit_in_bytes"))
+	peak, err2 := readUint(filepath.Join(wt.dir, "memory.max_usage_in_bytes"))
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	const slack = 1 << 20 // charges come in batches; the peak may stop short of the limit
+	return peak+slack >= limit
+}
+
+func readUint(path string) (uint64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return parseUint(trimNL(data))
 }
 
 func trimNL(b []byte) []byte {
@@ -328,7 +346,7 @@ func (w *Watcher) update(wt *watch) {
 		return
 	}
 	ev := Event{ID: wt.id, Cgroup: wt.dir, OOMKill: c.OOMKill, Kills: c.OOMKill - wt.last.OOMKill, Level: LevelAncestor}
-	if c.Max > wt.last.Max {
+	if (wt.v2 && c.Max > wt.last.Max) || (!wt.v2 && wt.v1OwnLimit()) {
 		ev.Level = LevelContainer
 	}
 	wt.last = c
@@ -358,7 +376,7 @@ func (w *Watcher) loop() {
 			switch fd := int(ev.Fd); {
 			case fd == w.wake:
 				return
-			case fd == w.ino:
+			case fd == int(w.ino.Load()):
 				w.drainInotify(inobuf)
 			default:
 				w.mu.Lock()
@@ -387,7 +405,7 @@ func (w *Watcher) loop() {
 // they name once.
 func (w *Watcher) drainInotify(buf []byte) {
 	for {
-		n, err := unix.Read(w.ino, buf)
+		n, err := unix.Read(int(w.ino.Load()), buf)
 		if err == unix.EINTR {
 			continue
 		}
@@ -436,7 +454,9 @@ func (w *Watcher) Close() error {
 		wt.close()
 		wt.mu.Unlock()
 	}
-	unix.Close(w.ino)
+	if ino := int(w.ino.Load()); ino >= 0 {
+		unix.Close(ino)
+	}
 	unix.Close(w.wake)
 	unix.Close(w.epfd)
 	return nil

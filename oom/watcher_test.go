@@ -19,7 +19,8 @@ func fakeCgroup(t *testing.T, v2 bool) string {
 		write(t, filepath.Join(dir, "cgroup.events"), "populated 1\nfrozen 0\n")
 	} else {
 		writeOOMControl(t, dir, 0)
-		write(t, filepath.Join(dir, "memory.failcnt"), "0\n")
+		write(t, filepath.Join(dir, "memory.limit_in_bytes"), "20971520\n")
+		write(t, filepath.Join(dir, "memory.max_usage_in_bytes"), "4096\n")
 		write(t, filepath.Join(dir, "cgroup.event_control"), "")
 	}
 	return dir
@@ -136,7 +137,7 @@ func TestStopFinalRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeOOMControl(t, dir, 1)
-	write(t, filepath.Join(dir, "memory.failcnt"), "9\n")
+	write(t, filepath.Join(dir, "memory.max_usage_in_bytes"), "20967424\n") // reached its own limit
 	if _, err := w.Stop("c1"); err != nil {
 		t.Fatal(err)
 	}
@@ -220,6 +221,23 @@ func TestAddErrors(t *testing.T) {
 	w.Close()
 	if err := w.Add("c3", fakeCgroup(t, true), true); !errors.Is(err, ErrClosed) {
 		t.Fatalf("add after close: %v", err)
+	}
+}
+
+// A v1-only shim holds no inotify instance: they are limited per user.
+func TestNoInotifyForV1(t *testing.T) {
+	w, _ := newWatcher(t)
+	if err := w.Add("c1", fakeCgroup(t, false), false); err != nil {
+		t.Fatal(err)
+	}
+	if ino := w.ino.Load(); ino >= 0 {
+		t.Fatalf("inotify instance %d made for a v1 cgroup", ino)
+	}
+	if err := w.Add("c2", fakeCgroup(t, true), true); err != nil {
+		t.Fatal(err)
+	}
+	if w.ino.Load() < 0 {
+		t.Fatal("no inotify instance for a v2 cgroup")
 	}
 }
 

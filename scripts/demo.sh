@@ -3,7 +3,7 @@
 #
 #   scripts/demo.sh                       # what `make demo` runs
 #   SHIM_BINARY=.tools/bin/ref/containerd-shim-runc-v2 scripts/demo.sh   # same with the reference
-#   DEMO_SCENES="scene_hello" scripts/demo.sh                            # pick scenes
+#   DEMO_SCENES="scene_oom" scripts/demo.sh                              # pick scenes
 #
 # It installs the pinned tools, builds the busybox test image, starts a
 # containerd of its own in /run/oomshim-demo-XXXX (CRI disabled, our shim first
@@ -22,7 +22,7 @@ TOOLS_BIN="${TOOLS_BIN:-$ROOT/.tools/bin}"
 IMAGE_TAR="${TEST_IMAGE_TAR:-$ROOT/.tools/images/busybox.tar}"
 IMAGE="docker.io/library/busybox:latest"
 NS="oomshim-demo"
-SCENES=(${DEMO_SCENES:-scene_hello})
+SCENES=(${DEMO_SCENES:-scene_hello scene_oom})
 
 DEMO_DIR=""
 CONTAINERD_PID=""
@@ -125,10 +125,11 @@ wait_for_event() {
 	done
 }
 
-# show_events WORD: the recorded topics whose event mentions WORD, in order,
-# with the fields that matter (ctr events prints: date time zone UTC ns topic json).
+# show_events WORD [MARK]: the recorded topics whose event mentions WORD, in
+# order, with the fields that matter (ctr events prints: date time zone UTC ns
+# topic json). With MARK=oom, the TaskOOM and TaskExit lines are flagged.
 show_events() {
-	local word="$1"
+	local word="$1" mark="${2:-}"
 	step "events seen by 'ctr events' for $word, in order:"
 	grep -F -- "\"$word\"" "$DEMO_DIR/events.log" |
 		awk '{
@@ -141,8 +142,13 @@ show_events() {
 				}
 			if ((topic == "/tasks/exit" || topic == "/tasks/delete") && json !~ /"exit_status"/)
 				summary = summary " exit_status=0"
-			printf "   %s%-20s%s%s\n", bold, topic, reset, summary
-		}' bold="$BOLD" reset="$RESET"
+			flag = ""
+			if (mark == "oom" && topic == "/tasks/oom")
+				flag = "   <== TaskOOM: the kernel OOM-killed a process of the container"
+			if (mark == "oom" && topic == "/tasks/exit")
+				flag = "   <== TaskExit"
+			printf "   %s%-20s%s%s%s%s%s\n", bold, topic, reset, summary, yellow, flag, reset
+		}' bold="$BOLD" reset="$RESET" yellow="$YELLOW" mark="$mark"
 }
 
 # ---------------------------------------------------------------- scenes
@@ -155,6 +161,42 @@ scene_hello() {
 	ok "container $id exited and was removed"
 	wait_for_event "/containers/delete" "$id"
 	show_events "$id"
+}
+
+# scene_oom: a process that needs ten times its container's memory limit.
+# The shim reports the kernel's OOM kill as TaskOOM, queued before the
+# TaskExit it explains; the verdict is computed from the recorded events.
+scene_oom() {
+	banner "Scene: a container runs out of memory"
+	local id="oom-$$" limit=$((20 << 20)) rc=0
+	local -a cmd=(dd if=/dev/zero of=/dev/null bs=200M count=1)
+	if awk '$1 == "SwapTotal:" && $2 > 0 {found = 1} END {exit !found}' /proc/meminfo; then
+		# ctr has no swap-limit flag: dd may be swapped out instead of killed.
+		warn "this host has swap and ctr cannot limit it; dd may swap instead of being OOM-killed"
+	fi
+	step "ctr run --rm --memory-limit $limit $IMAGE $id ${cmd[*]}"
+	printf '   (a 200 MiB buffer in a container limited to %d MiB)\n' $((limit >> 20))
+	run_ctr run --rm --fifo-dir "$DEMO_DIR/fifo" --memory-limit "$limit" "$IMAGE" "$id" "${cmd[@]}" 2>&1 | indent || rc=$?
+	((rc == 137)) || die "container $id exited with status $rc, want 137 (OOM-killed)"
+	ok "exit status 137: dd was killed (SIGKILL) by the kernel's OOM killer"
+	wait_for_event "/containers/delete" "$id"
+	show_events "$id" oom
+
+	# Verdict from the recorded stream: exactly one /tasks/oom for the
+	# container, and its line comes before the init's /tasks/exit.
+	local verdict ooms oom_at exit_at
+	verdict="$(awk -v id="$id" '
+		index($0, "\"container_id\":\"" id "\"") == 0 { next }
+		$6 == "/tasks/oom" { ooms++; if (!oom_at) oom_at = NR }
+		$6 == "/tasks/exit" && index($0, "\"id\":\"" id "\"") && !exit_at { exit_at = NR }
+		END { printf "%d %d %d\n", ooms, oom_at, exit_at }' "$DEMO_DIR/events.log")"
+	read -r ooms oom_at exit_at <<<"$verdict"
+	((exit_at > 0)) || die "no /tasks/exit recorded for $id"
+	((ooms > 0)) || die "no /tasks/oom recorded for $id: the OOM kill was not reported"
+	((ooms == 1)) || die "$ooms /tasks/oom events recorded for $id, want exactly one"
+	((oom_at < exit_at)) || die "TaskOOM arrived AFTER TaskExit for $id (events log lines $oom_at and $exit_at)"
+	printf '%s   TaskOOM arrived before TaskExit%s (one /tasks/oom, events log line %d; /tasks/exit, line %d)\n' \
+		"$BOLD$GREEN" "$RESET" "$oom_at" "$exit_at"
 }
 
 # ---------------------------------------------------------------- cleanup
