@@ -1,11 +1,13 @@
 package integration
 
 import (
+	"context"
 	"errors"
 	"io"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/v2/client"
@@ -75,6 +77,33 @@ func TestOOM(t *testing.T) {
 			t.Errorf("init output %q, want %q", out.String(), "survived\n")
 		}
 		te.expectOneOOMBefore(rec, te.finishTask(rec, task), "parent", "parent", 0)
+	})
+
+	// The OOM of a process that is not the init must be reported while the
+	// init lives, not only by the final read when the init exits (cgroup v1
+	// signals before the kill is counted).
+	t.Run("child killed while the init lives", func(t *testing.T) {
+		te := newTestEnv(t)
+		rec := te.recordEvents()
+		c := te.oomContainer(mem, "keeper", []string{"sh", "-c", oomHogShell + "; sleep 1000"})
+		task, exitCh := te.startTask(c, te.io(nil, io.Discard, io.Discard))
+		ctx, cancel := context.WithTimeout(te.ctx, time.Minute) // a hang guard, not a timing
+		defer cancel()
+		if _, err := rec.waitFor(ctx, "TaskOOM of keeper", func(e recordedEvent) bool {
+			ev, ok := e.Event.(*eventstypes.TaskOOM)
+			return ok && ev.ContainerID == "keeper"
+		}); err != nil {
+			t.Fatalf("no TaskOOM while the init still runs: %v", err)
+		}
+		st, err := task.Status(te.ctx)
+		if err != nil || st.Status != client.Running {
+			t.Fatalf("init status %v (%v) when the TaskOOM arrived, want running", st.Status, err)
+		}
+		if err := task.Kill(te.ctx, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		te.waitExit("keeper", exitCh)
+		te.expectOneOOMBefore(rec, te.finishTask(rec, task), "keeper", "keeper", 137) // killed by the test
 	})
 
 	t.Run("exec killed", func(t *testing.T) {

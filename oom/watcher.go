@@ -87,6 +87,7 @@ type watch struct {
 	efd     int // v1 eventfd, -1 on v2
 	wds     []int32
 	last    Counts
+	credit  uint64 // v1 OOMs reported on notification, not yet counted in oom_kill
 	buf     []byte
 	done    bool // stopped, or its cgroup is gone
 }
@@ -233,7 +234,7 @@ func (w *Watcher) Check(id string) error {
 	}
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
-	w.update(wt)
+	w.update(wt, false)
 	return nil
 }
 
@@ -260,7 +261,7 @@ func (w *Watcher) Stop(id string) (Counts, error) {
 	}
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
-	w.update(wt)
+	w.update(wt, false)
 	wt.done = true
 	for _, wd := range wt.wds {
 		unix.InotifyRmWatch(int(w.ino.Load()), uint32(wd)) // fails harmlessly if the cgroup is gone
@@ -327,7 +328,15 @@ func trimNL(b []byte) []byte {
 }
 
 // update reads wt and reports a rise of oom_kill. wt.mu is held.
-func (w *Watcher) update(wt *watch) {
+//
+// notified is true for a cgroup v1 eventfd wakeup. v1 signals it when the
+// memcg enters OOM, before the OOM killer has counted its kill in oom_kill,
+// so a read at that moment usually sees no rise and no second signal
+// follows. Such a notification is reported as one OOM at once and recorded
+// as credit; the rise of oom_kill that comes later is absorbed by the
+// credit instead of being reported again. (Without this an OOM kill of a
+// non-init process would only be reported by the final read at exit.)
+func (w *Watcher) update(wt *watch, notified bool) {
 	if wt.done {
 		return
 	}
@@ -340,16 +349,27 @@ func (w *Watcher) update(wt *watch) {
 		log.G(w.ctx).WithError(err).WithField("container_id", wt.id).Warn("read OOM counters")
 		return
 	}
-	if c.OOMKill <= wt.last.OOMKill {
-		// Counters only grow; never let a read lower the baseline.
-		wt.last.Max = max(wt.last.Max, c.Max)
+	var kills uint64
+	if c.OOMKill > wt.last.OOMKill {
+		kills = c.OOMKill - wt.last.OOMKill
+		absorbed := min(kills, wt.credit)
+		wt.credit -= absorbed
+		kills -= absorbed
+	} else if notified && !wt.v2 {
+		kills = 1
+		wt.credit++
+	}
+	maxRose := c.Max > wt.last.Max
+	// Counters only grow; never let a read lower the baseline.
+	wt.last.OOMKill = max(wt.last.OOMKill, c.OOMKill)
+	wt.last.Max = max(wt.last.Max, c.Max)
+	if kills == 0 {
 		return
 	}
-	ev := Event{ID: wt.id, Cgroup: wt.dir, OOMKill: c.OOMKill, Kills: c.OOMKill - wt.last.OOMKill, Level: LevelAncestor}
-	if (wt.v2 && c.Max > wt.last.Max) || (!wt.v2 && wt.v1OwnLimit()) {
+	ev := Event{ID: wt.id, Cgroup: wt.dir, OOMKill: wt.last.OOMKill + wt.credit, Kills: kills, Level: LevelAncestor}
+	if (wt.v2 && maxRose) || (!wt.v2 && wt.v1OwnLimit()) {
 		ev.Level = LevelContainer
 	}
-	wt.last = c
 	log.G(w.ctx).WithFields(log.Fields{
 		"container_id": ev.ID, "cgroup": ev.Cgroup, "oom_kill": ev.OOMKill, "kills": ev.Kills, "limit": ev.Level.String(),
 	}).Warn("container OOM-killed")
@@ -390,7 +410,7 @@ func (w *Watcher) loop() {
 				// may already belong to another file.
 				if !wt.done {
 					unix.Read(wt.efd, eb[:])
-					w.update(wt)
+					w.update(wt, true)
 					if wt.done { // the cgroup went away: nothing more to hear
 						unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, wt.efd, nil)
 					}
@@ -422,7 +442,7 @@ func (w *Watcher) drainInotify(buf []byte) {
 				continue
 			}
 			wt.mu.Lock()
-			w.update(wt)
+			w.update(wt, false)
 			wt.mu.Unlock()
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeCgroup lays out the files a watcher reads in a temp dir.
@@ -257,4 +259,31 @@ func TestCloseStopsGoroutine(t *testing.T) {
 	if after := runtime.NumGoroutine(); after > before {
 		t.Fatalf("goroutines: %d before, %d after", before, after)
 	}
+}
+
+// cgroup v1 signals the eventfd when the memcg enters OOM, before oom_kill
+// counts the kill: the notification itself is reported at once, and the
+// later rise of the counter is not reported a second time.
+func TestV1NotificationBeforeCount(t *testing.T) {
+	w, events := newWatcher(t)
+	dir := fakeCgroup(t, false)
+	if err := w.Add("c1", dir, false); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	efd := w.byID["c1"].efd
+	w.mu.Unlock()
+	one := [8]byte{1}
+	if _, err := unix.Write(efd, one[:]); err != nil { // what the kernel does
+		t.Fatal(err)
+	}
+	expect(t, events, Event{ID: "c1", Cgroup: dir, OOMKill: 1, Kills: 1, Level: LevelAncestor})
+	writeOOMControl(t, dir, 1) // the kill is counted afterwards
+	if err := w.Check("c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Stop("c1"); err != nil {
+		t.Fatal(err)
+	}
+	none(t, events)
 }
