@@ -12,7 +12,7 @@ LDFLAGS    := -s -w -X oomshim/shim.Version=$(VERSION) -X oomshim/shim.Revision=
 # no_grpc drops the gRPC stubs of containerd's API packages: the shim speaks
 # ttrpc only, and gRPC (with net/http, x509, templates) is a third of a binary.
 GO_TAGS    := no_grpc
-GO_SOURCES := $(shell find . -name '*.go' -not -path './integration/*' -not -path './.tools/*') go.mod go.sum
+GO_SOURCES := $(shell find . -name '*.go' -not -path './integration/*' -not -path './bench/*' -not -path './.tools/*') go.mod go.sum
 
 export SHIM_BINARY := $(SHIM)
 export TOOLS_BIN
@@ -74,6 +74,23 @@ stress: build image
 	cd integration && REQUIRE_INTEGRATION=1 \
 		OOM_STRESS_CONTAINERS=$(OOM_STRESS_CONTAINERS) OOM_STRESS_ROUNDS=$(OOM_STRESS_ROUNDS) \
 		go test -count=1 -timeout $(STRESS_TIMEOUT) -run '^TestOOMStress$$' -v . 2>&1 | tee $(ROOT)/.tools/stress.log; exit $${PIPESTATUS[0]}
+
+# Our shim against the reference (containerd v2.4.2's containerd-shim-runc-v2,
+# installed into .tools/bin/ref by `make tools`) on one private containerd,
+# alternating sample by sample. Prints one markdown table and writes it, with
+# the command, date and machine, to bench/RESULTS.md. Needs root; about two
+# minutes. Never part of `make test`; it prints figures and asserts none.
+#   make bench BENCH_FLAGS=-quick        smoke test of the benchmark itself
+#   make bench BENCH_OUT=/tmp/r.md       leave bench/RESULTS.md alone
+BENCH_BIN   := $(BIN)/bench
+BENCH_OUT   ?= $(ROOT)/bench/RESULTS.md
+BENCH_FLAGS ?=
+
+bench: build image
+	cd bench && CGO_ENABLED=0 go build -o $(BENCH_BIN) .
+	$(BENCH_BIN) -shim $(SHIM) -ref $(TOOLS_BIN)/ref/containerd-shim-runc-v2 \
+		-tools $(TOOLS_BIN) -image $(IMAGE_TAR) -out $(BENCH_OUT) \
+		-command 'make bench $(BENCH_FLAGS)' $(BENCH_FLAGS)
 
 demo: build
 	./scripts/demo.sh

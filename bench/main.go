@@ -1,0 +1,157 @@
+// Command bench measures what a shim costs per container, for this
+// repository's shim and for containerd's own containerd-shim-runc-v2 (the
+// reference), in the same run, on the same private containerd, alternating
+// between the two sample by sample so drift hits both alike. It prints one
+// markdown table of medians and ratios (ours / reference) and, with -out,
+// writes it with the command, the date and the machine to a file.
+//
+//	bench -shim bin/containerd-shim-runc-v2 -ref .tools/bin/ref/containerd-shim-runc-v2 \
+//	      -tools .tools/bin -image .tools/images/busybox.tar -out bench/RESULTS.md
+//
+// Every container selects its shim by absolute runtime path, so one
+// containerd serves both. The benchmarks never assert a timing: they print.
+// Everything the run creates (containers, shims, containerd, mounts, dirs)
+// is removed at the end, also on failure or SIGINT/SIGTERM.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config is the command line.
+type config struct {
+	ours, ref shim
+	toolsBin  string // containerd, ctr, runc
+	imageTar  string
+	out       string // RESULTS.md to write, or ""
+	command   string // the command to name in the results
+	keepLog   bool
+	hold      bool
+	logLevel  string
+
+	// Sample counts.
+	warmups      int // per shim, before timed round trips and execs
+	roundTrips   int // ctr run --rm, per shim
+	execs        int // ctr task exec, per shim
+	idle         int // running containers per shim for memory and wakeups
+	idleWindow   time.Duration
+	parallel     int // containers per parallel-start round
+	parallelRuns int // rounds per shim
+	ooms         int // OOM runs per shim
+}
+
+func parseFlags(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	ours := fs.String("shim", "bin/containerd-shim-runc-v2", "our shim binary")
+	ref := fs.String("ref", ".tools/bin/ref/containerd-shim-runc-v2", "the reference shim binary (containerd v2.4.2)")
+	fs.StringVar(&c.toolsBin, "tools", ".tools/bin", "directory with containerd, ctr and runc")
+	fs.StringVar(&c.imageTar, "image", ".tools/images/busybox.tar", "busybox image tarball (scripts/build-image.sh)")
+	fs.StringVar(&c.out, "out", "", "write the results as markdown to this file")
+	fs.StringVar(&c.command, "command", "", "the command to record in -out (default: this command line)")
+	fs.BoolVar(&c.keepLog, "keep-log", false, "keep containerd's log (printed path) instead of removing it")
+	fs.BoolVar(&c.hold, "hold", false, "only start the private containerd, print how to reach it, and wait for SIGINT/SIGTERM (for profiling by hand)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "containerd's log level (debug gives the shims -debug)")
+	quick := fs.Bool("quick", false, "few samples: a smoke test of the benchmark itself, not figures")
+	fs.IntVar(&c.warmups, "warmups", 3, "untimed round trips and execs per shim first")
+	fs.IntVar(&c.roundTrips, "roundtrips", 40, "timed ctr run --rm per shim")
+	fs.IntVar(&c.execs, "execs", 30, "timed ctr task exec per shim")
+	fs.IntVar(&c.idle, "idle", 20, "idle containers per shim (memory, wakeups)")
+	fs.DurationVar(&c.idleWindow, "idle-window", 10*time.Second, "window over which idle context switches are counted")
+	fs.IntVar(&c.parallel, "parallel", 50, "containers started concurrently per round")
+	fs.IntVar(&c.parallelRuns, "parallel-rounds", 6, "parallel-start rounds per shim")
+	fs.IntVar(&c.ooms, "ooms", 16, "OOM runs per shim")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if *quick {
+		c.warmups, c.roundTrips, c.execs, c.idle, c.parallel, c.parallelRuns, c.ooms = 1, 3, 3, 3, 5, 1, 2
+		c.idleWindow = 2 * time.Second
+	}
+	c.command = strings.TrimSpace(c.command)
+	if c.command == "" {
+		c.command = strings.Join(append([]string{"bench"}, args...), " ")
+	}
+	var err error
+	if c.ours, err = newShim("ours", *ours); err != nil {
+		return c, err
+	}
+	if c.ref, err = newShim("reference", *ref); err != nil {
+		return c, err
+	}
+	for _, p := range []*string{&c.toolsBin, &c.imageTar, &c.out} {
+		if *p != "" {
+			if *p, err = filepath.Abs(*p); err != nil {
+				return c, err
+			}
+		}
+	}
+	return c, nil
+}
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	cfg, err := parseFlags(args)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 2
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench: must run as root (containers)")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	e, err := startEnv(ctx, cfg)
+	if e != nil {
+		defer e.teardown()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: start containerd:", err)
+		if e != nil {
+			e.printLogTail(40)
+		}
+		return 1
+	}
+	if cfg.hold {
+		e.hold(ctx)
+		return 0
+	}
+	res, err := e.runAll(ctx)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		e.printLogTail(40)
+		if errors.Is(ctx.Err(), context.Canceled) {
+			fmt.Fprintln(os.Stderr, "bench: interrupted")
+		}
+		return 1
+	}
+	md := res.markdown(cfg)
+	fmt.Print(md)
+	if cfg.out != "" {
+		if err := os.WriteFile(cfg.out, []byte(md), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		fmt.Fprintf(os.Stderr, "bench: wrote %s\n", cfg.out)
+	}
+	return 0
+}
+
+// progress reports what the run is doing, on stderr.
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[bench %s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"math"
+	"testing"
+)
+
+func TestStatusField(t *testing.T) {
+	smaps := []byte("00400000-7ffc25253000 ---p 00000000 00:00 0 [rollup]\nRss:               10856 kB\nPss:                5341 kB\nPss_Dirty:          2588 kB\n")
+	status := []byte("Name:\tcontainerd-shim\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n")
+	for _, tc := range []struct {
+		name string
+		data []byte
+		key  string
+		want uint64
+		err  bool
+	}{
+		{"rss", smaps, "Rss:", 10856, false},
+		{"pss, not Pss_Dirty", smaps, "Pss:", 5341, false},
+		{"voluntary", status, "voluntary_ctxt_switches:", 12, false},
+		{"nonvoluntary", status, "nonvoluntary_ctxt_switches:", 3, false},
+		{"missing", status, "Rss:", 0, true},
+		{"empty value", []byte("Rss:\n"), "Rss:", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := statusField(tc.data, tc.key)
+			if (err != nil) != tc.err || got != tc.want {
+				t.Fatalf("statusField(%q) = %d, %v; want %d, error %v", tc.key, got, err, tc.want, tc.err)
+			}
+		})
+	}
+}
+
+func TestQuantile(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		xs   []float64
+		q    float64
+		want float64
+	}{
+		{"median odd", []float64{3, 1, 2}, 0.5, 2},
+		{"median even", []float64{4, 1, 3, 2}, 0.5, 2.5},
+		{"min", []float64{4, 1, 3}, 0, 1},
+		{"max", []float64{4, 1, 3}, 1, 4},
+		{"one", []float64{7}, 0.25, 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := quantile(tc.xs, tc.q); got != tc.want {
+				t.Fatalf("quantile(%v, %v) = %v, want %v", tc.xs, tc.q, got, tc.want)
+			}
+		})
+	}
+	if !math.IsNaN(median(nil)) {
+		t.Fatal("median of nothing should be NaN")
+	}
+}
+
+func TestUnescapeMountPath(t *testing.T) {
+	if got := unescapeMountPath(`/run/a\040b`); got != "/run/a b" {
+		t.Fatalf("got %q", got)
+	}
+}

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"time"
+)
+
+func median(xs []float64) float64 { return quantile(xs, 0.5) }
+
+// quantile interpolates linearly between the order statistics.
+func quantile(xs []float64, q float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	pos := q * float64(len(s)-1)
+	lo := int(math.Floor(pos))
+	hi := int(math.Ceil(pos))
+	return s[lo] + (s[hi]-s[lo])*(pos-float64(lo))
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	sum := 0.0
+	for _, x := range xs {
+		sum += x
+	}
+	return sum / float64(len(xs))
+}
+
+func minOf(xs []float64) float64 { return quantile(xs, 0) }
+func maxOf(xs []float64) float64 { return quantile(xs, 1) }
+
+// row is one line of the results table.
+type row struct {
+	num, figure   string
+	ours, ref     string
+	ratio         float64 // NaN: no ratio
+	goal, verdict string
+}
+
+// ratioRow compares two values against a maximum ratio.
+func ratioRow(num, figure, unit string, o, r float64, prec int, maxRatio float64) row {
+	ratio := o / r
+	verdict := "missed"
+	if ratio <= maxRatio {
+		verdict = "met"
+	}
+	f := fmt.Sprintf("%%.%df %s", prec, unit)
+	return row{num: num, figure: figure, ours: fmt.Sprintf(f, o), ref: fmt.Sprintf(f, r), ratio: ratio,
+		goal: fmt.Sprintf("<= %.1fx", maxRatio), verdict: verdict}
+}
+
+// diagRow is a figure without a goal, to explain another.
+func diagRow(num, figure, unit string, o, r float64, prec int) row {
+	f := fmt.Sprintf("%%.%df %s", prec, unit)
+	return row{num: num, figure: figure, ours: fmt.Sprintf(f, o), ref: fmt.Sprintf(f, r), ratio: o / r, goal: "-", verdict: ""}
+}
+
+const mb = 1e6 // figures in MB (10^6 bytes), as in the notes
+
+func (r *results) rows(cfg config) []row {
+	var rows []row
+	kB := func(xs []float64) float64 { return mean(xs) * 1024 / mb }
+	rows = append(rows,
+		ratioRow("1", fmt.Sprintf("idle RSS per shim (mean of %d)", len(r.idleRSS[ours])), "MB",
+			kB(r.idleRSS[ours]), kB(r.idleRSS[ref]), 1, 0.4),
+		ratioRow("1", fmt.Sprintf("idle PSS per shim (mean of %d)", len(r.idlePSS[ours])), "MB",
+			kB(r.idlePSS[ours]), kB(r.idlePSS[ref]), 2, 0.5),
+		ratioRow("2", fmt.Sprintf("`ctr run --rm` busybox `true` (median of %d)", len(r.roundTrip[ours])), "ms",
+			median(r.roundTrip[ours]), median(r.roundTrip[ref]), 1, 0.9),
+		ratioRow("3", fmt.Sprintf("%d concurrent task create+start, wall to all running (median of %d)", cfg.parallel, len(r.parallel[ours])), "ms",
+			median(r.parallel[ours]), median(r.parallel[ref]), 0, 0.9),
+		ratioRow("4", fmt.Sprintf("TaskStart -> TaskOOM (median of %d)", len(r.startToOOM[ours])), "ms",
+			median(r.startToOOM[ours]), median(r.startToOOM[ref]), 2, 1.0),
+	)
+	gap := func(s int) string {
+		return fmt.Sprintf("%.2f ms (min %.2f, %d/%d > 0)", median(r.oomToExit[s]), minOf(r.oomToExit[s]),
+			countPositive(r.oomToExit[s]), r.oomRuns[s])
+	}
+	gapOK := "missed"
+	if r.oomMissing[ours] == 0 && r.oomLostEvents[ours] == 0 && len(r.oomToExit[ours]) > 0 && minOf(r.oomToExit[ours]) > 0 {
+		gapOK = "met"
+	}
+	rows = append(rows, row{num: "4", figure: "TaskOOM -> TaskExit gap (median, min, positive/runs)",
+		ours: gap(ours), ref: gap(ref), ratio: math.NaN(), goal: "always > 0", verdict: gapOK})
+	rows = append(rows,
+		ratioRow("5", "binary size as built (ours `make build`: -s -w; ref `go install`: not stripped)", "MB",
+			float64(r.built[ours])/mb, float64(r.built[ref])/mb, 1, 0.4),
+		ratioRow("5", "binary size, both `strip`ped", "MB",
+			float64(r.stripped[ours])/mb, float64(r.stripped[ref])/mb, 1, 0.4),
+	)
+	sw := func(s int) string {
+		return fmt.Sprintf("%.0f (max %.0f; %d/%d shims woke)", median(r.idleSwitches[s]), maxOf(r.idleSwitches[s]),
+			countPositive(r.idleSwitches[s]), len(r.idleSwitches[s]))
+	}
+	swOK := "missed"
+	if maxOf(r.idleSwitches[ours]) == 0 {
+		swOK = "met"
+	}
+	rows = append(rows,
+		row{num: "6", figure: fmt.Sprintf("idle context switches per shim in %.0f s, all threads (median of %d)", r.idleWindowSeconds, len(r.idleSwitches[ours])),
+			ours: sw(ours), ref: sw(ref), ratio: median(r.idleSwitches[ours]) / median(r.idleSwitches[ref]), goal: "0", verdict: swOK},
+		ratioRow("7", fmt.Sprintf("`ctr task exec` `true` (median of %d)", len(r.exec[ours])), "ms",
+			median(r.exec[ours]), median(r.exec[ref]), 1, 0.9),
+		diagRow("7", "diagnostic: the same exec at the shim's own ttrpc API (Exec+Start+Wait+Delete, no ctr, no containerd; median)", "ms",
+			median(r.directExec[ours]), median(r.directExec[ref]), 1),
+		diagRow("7", "diagnostic: shim CPU per `ctr task exec`, own threads", "ms", r.execSelfCPU[ours], r.execSelfCPU[ref], 2),
+		diagRow("7", "diagnostic: CPU of the shim's reaped children (runc) per `ctr task exec` (10 ms ticks)", "ms", r.execChildCPU[ours], r.execChildCPU[ref], 1),
+	)
+	return rows
+}
+
+func countPositive(xs []float64) int {
+	n := 0
+	for _, x := range xs {
+		if x > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func fmtRatio(x float64) string {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", x)
+}
+
+// markdown renders the results file: command, date, machine, the table, the
+// spread of the timed figures and how each figure is taken.
+func (r *results) markdown(cfg config) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	p("# Shim benchmark: ours vs containerd's containerd-shim-runc-v2\n\n")
+	p("- Command: `%s`\n", cfg.command)
+	p("- Date: %s (the run took %s)\n", r.started.UTC().Format("2006-01-02 15:04 MST"), r.took.Round(time.Second))
+	p("- Machine: %s; load average at start %s\n", machine(), r.load)
+	p("- Tools: %s\n", r.versions)
+	p("- Ours: `%s` (%s)\n", cfg.ours.path, cfg.ours.version)
+	p("- Reference: `%s` (%s)\n\n", cfg.ref.path, cfg.ref.version)
+
+	p("| # | figure | ours | reference | ours / ref | goal | |\n")
+	p("| --- | --- | ---: | ---: | ---: | --- | --- |\n")
+	for _, rw := range r.rows(cfg) {
+		p("| %s | %s | %s | %s | %s | %s | %s |\n", rw.num, rw.figure, rw.ours, rw.ref, fmtRatio(rw.ratio), rw.goal, rw.verdict)
+	}
+
+	p("\nSpread of the timed figures (ms): min / p25 / median / p75 / max.\n\n")
+	p("| figure | ours | reference |\n| --- | --- | --- |\n")
+	spread := func(xs []float64) string {
+		if len(xs) == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f / %.1f / %.1f / %.1f / %.1f", minOf(xs), quantile(xs, 0.25), median(xs), quantile(xs, 0.75), maxOf(xs))
+	}
+	for _, f := range []struct {
+		name string
+		xs   [2][]float64
+	}{
+		{"ctr run --rm true", r.roundTrip},
+		{"ctr task exec true", r.exec},
+		{"exec at the shim API", r.directExec},
+		{"parallel starts", r.parallel},
+		{"TaskStart -> TaskOOM", r.startToOOM},
+		{"TaskOOM -> TaskExit", r.oomToExit},
+	} {
+		p("| %s | %s | %s |\n", f.name, spread(f.xs[ours]), spread(f.xs[ref]))
+	}
+	p("\nOther observations: threads per idle shim (median) ours %.0f, reference %.0f; "+
+		"OOM runs without a TaskOOM: ours %d/%d, reference %d/%d; without TaskStart or TaskExit (within %s of the exit status): ours %d, reference %d; exit status other than 137: ours %d, reference %d.\n",
+		median(r.idleThreads[ours]), median(r.idleThreads[ref]),
+		r.oomMissing[ours], r.oomRuns[ours], r.oomMissing[ref], r.oomRuns[ref], oomGrace, r.oomLostEvents[ours], r.oomLostEvents[ref],
+		r.oomBadStatus[ours], r.oomBadStatus[ref])
+
+	p("\nHow each figure is taken (one private containerd, info log level, CRI off; each container names its shim by absolute runtime path; samples alternate ours/reference):\n\n")
+	p("1. %d `sleep` containers per shim, each with its own shim, started alternately; after 3 s to settle and the %.0f s window of figure 6, `Rss:` and `Pss:` of `/proc/<shim>/smaps_rollup`, averaged over the shims. PSS shares pages between the shims of one binary, so it depends on their number.\n", cfg.idle, r.idleWindowSeconds)
+	p("2. Wall time of `ctr run --rm --runtime <shim> docker.io/library/busybox:latest <id> true` (ctr's own start-up included), after %d warm-ups per shim.\n", cfg.warmups)
+	p("3. %d containers (metadata and snapshot made beforehand) get `NewTask` + `Start` from %d goroutines at once; wall time until the last `Start` returned. Tasks are then killed and deleted and the shims waited for before the next round.\n", cfg.parallel, cfg.parallel)
+	p("4. `dd if=/dev/zero of=/dev/null bs=200M count=1` under a 20 MiB memory (and memory+swap) limit; differences of the event envelopes' timestamps (set by the shim when it queues the event): TaskOOM minus TaskStart, and TaskExit minus TaskOOM. The task is deleted only once its events arrived (or %s passed).\n", oomGrace)
+	p("5. File sizes; stripped copies made with `strip`.\n")
+	p("6. Sum of `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` over `/proc/<shim>/task/*/status`, difference across the window, for the shims of figure 1 with their containers running `sleep`.\n")
+	p("7. Wall time of `ctr task exec --exec-id <n> <id> true` into one running container per shim, after %d warm-ups. Diagnostics: the shim's CPU over those execs (its threads' `schedstat` run time; its children's `cutime`+`cstime`), and the same exec driven through a ttrpc connection of our own to the shim (address from the bundle's `bootstrap.json`), timing the shim and runc alone.\n", cfg.warmups)
+	return b.String()
+}
