@@ -23,6 +23,13 @@ var (
 	ErrNotWatched = errors.New("oom: container not watched")
 )
 
+const (
+	// recheckEvery and recheckFor bound the re-reads after a cgroup v1
+	// OOM notification whose kill oom_kill has not counted yet.
+	recheckEvery = 5 * time.Millisecond
+	recheckFor   = time.Second
+)
+
 // Level says whose memory limit made the OOM killer act.
 type Level int
 
@@ -87,7 +94,6 @@ type watch struct {
 	efd     int // v1 eventfd, -1 on v2
 	wds     []int32
 	last    Counts
-	credit  uint64 // v1 OOMs reported on notification, not yet counted in oom_kill
 	buf     []byte
 	done    bool // stopped, or its cgroup is gone
 }
@@ -234,7 +240,7 @@ func (w *Watcher) Check(id string) error {
 	}
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
-	w.update(wt, false)
+	w.update(wt)
 	return nil
 }
 
@@ -261,7 +267,7 @@ func (w *Watcher) Stop(id string) (Counts, error) {
 	}
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
-	w.update(wt, false)
+	w.update(wt)
 	wt.done = true
 	for _, wd := range wt.wds {
 		unix.InotifyRmWatch(int(w.ino.Load()), uint32(wd)) // fails harmlessly if the cgroup is gone
@@ -327,53 +333,36 @@ func trimNL(b []byte) []byte {
 	return b
 }
 
-// update reads wt and reports a rise of oom_kill. wt.mu is held.
-//
-// notified is true for a cgroup v1 eventfd wakeup. v1 signals it when the
-// memcg enters OOM, before the OOM killer has counted its kill in oom_kill,
-// so a read at that moment usually sees no rise and no second signal
-// follows. Such a notification is reported as one OOM at once and recorded
-// as credit; the rise of oom_kill that comes later is absorbed by the
-// credit instead of being reported again. (Without this an OOM kill of a
-// non-init process would only be reported by the final read at exit.)
-func (w *Watcher) update(wt *watch, notified bool) {
+// update reads wt and reports a rise of oom_kill; it returns whether it
+// found one. wt.mu is held.
+func (w *Watcher) update(wt *watch) bool {
 	if wt.done {
-		return
+		return false
 	}
 	c, err := wt.read()
 	if err != nil {
 		if isGone(err) {
 			wt.done = true // the last known count stands
-			return
+			return false
 		}
 		log.G(w.ctx).WithError(err).WithField("container_id", wt.id).Warn("read OOM counters")
-		return
+		return false
 	}
-	var kills uint64
-	if c.OOMKill > wt.last.OOMKill {
-		kills = c.OOMKill - wt.last.OOMKill
-		absorbed := min(kills, wt.credit)
-		wt.credit -= absorbed
-		kills -= absorbed
-	} else if notified && !wt.v2 {
-		kills = 1
-		wt.credit++
+	if c.OOMKill <= wt.last.OOMKill {
+		// Counters only grow; never let a read lower the baseline.
+		wt.last.Max = max(wt.last.Max, c.Max)
+		return false
 	}
-	maxRose := c.Max > wt.last.Max
-	// Counters only grow; never let a read lower the baseline.
-	wt.last.OOMKill = max(wt.last.OOMKill, c.OOMKill)
-	wt.last.Max = max(wt.last.Max, c.Max)
-	if kills == 0 {
-		return
-	}
-	ev := Event{ID: wt.id, Cgroup: wt.dir, OOMKill: wt.last.OOMKill + wt.credit, Kills: kills, Level: LevelAncestor}
-	if (wt.v2 && maxRose) || (!wt.v2 && wt.v1OwnLimit()) {
+	ev := Event{ID: wt.id, Cgroup: wt.dir, OOMKill: c.OOMKill, Kills: c.OOMKill - wt.last.OOMKill, Level: LevelAncestor}
+	if (wt.v2 && c.Max > wt.last.Max) || (!wt.v2 && wt.v1OwnLimit()) {
 		ev.Level = LevelContainer
 	}
+	wt.last = c
+	w.report(ev)
 	log.G(w.ctx).WithFields(log.Fields{
 		"container_id": ev.ID, "cgroup": ev.Cgroup, "oom_kill": ev.OOMKill, "kills": ev.Kills, "limit": ev.Level.String(),
 	}).Warn("container OOM-killed")
-	w.report(ev)
+	return true
 }
 
 // loop is the watcher's goroutine: it waits on epoll and re-reads the
@@ -383,14 +372,26 @@ func (w *Watcher) loop() {
 	events := make([]unix.EpollEvent, 16)
 	inobuf := make([]byte, 4096)
 	var eb [8]byte
+	// recheck holds v1 watches notified of an OOM whose kill was not yet
+	// counted; they are re-read every recheckEvery until it is, or for
+	// recheckFor. Only then does the loop wake on a timer: an idle
+	// watcher sleeps in epoll_wait with no timeout.
+	recheck := map[*watch]time.Time{}
 	for {
-		n, err := unix.EpollWait(w.epfd, events, -1)
+		timeout := -1
+		if len(recheck) > 0 {
+			timeout = int(recheckEvery / time.Millisecond)
+		}
+		n, err := unix.EpollWait(w.epfd, events, timeout)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			log.G(w.ctx).WithError(err).Error("oom watcher: epoll_wait")
 			return
+		}
+		if len(recheck) > 0 {
+			w.recheckAll(recheck)
 		}
 		for _, ev := range events[:n] {
 			switch fd := int(ev.Fd); {
@@ -410,7 +411,11 @@ func (w *Watcher) loop() {
 				// may already belong to another file.
 				if !wt.done {
 					unix.Read(wt.efd, eb[:])
-					w.update(wt, true)
+					if !w.update(wt) && !wt.done {
+						// v1 signals when the memcg enters OOM, before the
+						// kill is counted: look again shortly.
+						recheck[wt] = time.Now().Add(recheckFor)
+					}
 					if wt.done { // the cgroup went away: nothing more to hear
 						unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, wt.efd, nil)
 					}
@@ -423,6 +428,19 @@ func (w *Watcher) loop() {
 
 // drainInotify reads all pending inotify events and updates each watch
 // they name once.
+// recheckAll re-reads the watches in recheck and drops those that found
+// their kill, are gone, or ran out of time.
+func (w *Watcher) recheckAll(recheck map[*watch]time.Time) {
+	now := time.Now()
+	for wt, until := range recheck {
+		wt.mu.Lock()
+		if w.update(wt) || wt.done || now.After(until) {
+			delete(recheck, wt)
+		}
+		wt.mu.Unlock()
+	}
+}
+
 func (w *Watcher) drainInotify(buf []byte) {
 	for {
 		n, err := unix.Read(int(w.ino.Load()), buf)
@@ -442,7 +460,7 @@ func (w *Watcher) drainInotify(buf []byte) {
 				continue
 			}
 			wt.mu.Lock()
-			w.update(wt, false)
+			w.update(wt)
 			wt.mu.Unlock()
 		}
 	}
