@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/containerd/log"
@@ -24,9 +25,13 @@ var (
 )
 
 const (
-	// recheckEvery and recheckFor bound the re-reads after a cgroup v1
-	// OOM notification whose kill oom_kill has not counted yet.
-	recheckEvery = 5 * time.Millisecond
+	// After a cgroup v1 OOM notification whose kill oom_kill has not
+	// counted yet, the counters are re-read after recheckFirst, then at
+	// doubling intervals up to recheckMax, for at most recheckFor: the kill
+	// is usually counted well within a millisecond, and the reader should
+	// not add more than that to the TaskOOM.
+	recheckFirst = 250 * time.Microsecond
+	recheckMax   = 4 * time.Millisecond
 	recheckFor   = time.Second
 )
 
@@ -72,9 +77,12 @@ type Reporter func(Event)
 type Watcher struct {
 	ctx    context.Context
 	report Reporter
-	epfd   int
-	wake   int          // eventfd: Close
-	ino    atomic.Int32 // inotify, created by the first v2 Add; -1 before
+	// ep is the epoll instance, waited on through the Go runtime's poller
+	// so that no OS thread sits blocked in epoll_wait; closing it stops
+	// the goroutine.
+	ep  *os.File
+	epc syscall.RawConn
+	ino atomic.Int32 // inotify, created by the first v2 Add; -1 before
 
 	mu      sync.Mutex
 	closed  bool
@@ -105,24 +113,48 @@ func NewWatcher(ctx context.Context, report Reporter) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("oom: epoll: %w", err)
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
+	// A non-blocking descriptor is one os.NewFile hands to the runtime's
+	// poller; an epoll instance is readable while it has events ready.
+	if err := unix.SetNonblock(epfd, true); err != nil {
 		unix.Close(epfd)
-		return nil, fmt.Errorf("oom: eventfd: %w", err)
+		return nil, fmt.Errorf("oom: epoll: %w", err)
 	}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
-		unix.Close(wake)
-		unix.Close(epfd)
-		return nil, fmt.Errorf("oom: epoll add: %w", err)
+	ep := os.NewFile(uintptr(epfd), "oom-epoll")
+	epc, err := ep.SyscallConn()
+	if err == nil {
+		// Fails unless the runtime's poller took the descriptor: the
+		// recheck timer is a read deadline.
+		err = ep.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		ep.Close()
+		return nil, fmt.Errorf("oom: epoll: %w", err)
 	}
 	w := &Watcher{
-		ctx: ctx, report: report, epfd: epfd, wake: wake,
+		ctx: ctx, report: report, ep: ep, epc: epc,
 		byID: map[string]*watch{}, byFd: map[int32]*watch{}, byWd: map[int32]*watch{},
 		stopped: make(chan struct{}),
 	}
 	w.ino.Store(-1)
 	go w.loop()
 	return w, nil
+}
+
+// epollCtl changes the epoll set. It holds a reference on the epoll
+// descriptor, so it fails cleanly once Close has released it.
+func (w *Watcher) epollCtl(op, fd int, events uint32) error {
+	var err error
+	cerr := w.epc.Control(func(epfd uintptr) {
+		var ev *unix.EpollEvent
+		if op != unix.EPOLL_CTL_DEL {
+			ev = &unix.EpollEvent{Events: events, Fd: int32(fd)}
+		}
+		err = unix.EpollCtl(int(epfd), op, fd, ev)
+	})
+	if cerr != nil {
+		return ErrClosed
+	}
+	return err
 }
 
 // Add starts watching container id's memory cgroup. v2 says whether dir
@@ -178,7 +210,7 @@ func (w *Watcher) addInotify(wt *watch) error {
 		if err != nil {
 			return fmt.Errorf("oom: inotify: %w", err)
 		}
-		if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, ino, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ino)}); err != nil {
+		if err := w.epollCtl(unix.EPOLL_CTL_ADD, ino, unix.EPOLLIN); err != nil {
 			unix.Close(ino)
 			return fmt.Errorf("oom: epoll add inotify: %w", err)
 		}
@@ -212,7 +244,7 @@ func (w *Watcher) addEventfd(wt *watch) error {
 	if err := writeFile(ctl, fmt.Sprintf("%d %d", efd, wt.counter)); err != nil {
 		return fmt.Errorf("oom: register with %s: %w", ctl, err)
 	}
-	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, efd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(efd)}); err != nil {
+	if err := w.epollCtl(unix.EPOLL_CTL_ADD, efd, unix.EPOLLIN); err != nil {
 		return fmt.Errorf("oom: epoll add eventfd: %w", err)
 	}
 	w.byFd[int32(efd)] = wt
@@ -273,7 +305,7 @@ func (w *Watcher) Stop(id string) (Counts, error) {
 		unix.InotifyRmWatch(int(w.ino.Load()), uint32(wd)) // fails harmlessly if the cgroup is gone
 	}
 	if wt.efd >= 0 {
-		unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, wt.efd, nil)
+		w.epollCtl(unix.EPOLL_CTL_DEL, wt.efd, 0)
 	}
 	wt.close()
 	return wt.last, nil
@@ -365,69 +397,78 @@ func (w *Watcher) update(wt *watch) bool {
 	return true
 }
 
-// loop is the watcher's goroutine: it waits on epoll and re-reads the
-// cgroups a wakeup names.
+// loop is the watcher's goroutine: it waits for the epoll instance to be
+// readable and re-reads the cgroups a wakeup names. It wakes on a timer
+// only while a cgroup v1 notification awaits its counted kill.
 func (w *Watcher) loop() {
 	defer close(w.stopped)
 	events := make([]unix.EpollEvent, 16)
 	inobuf := make([]byte, 4096)
 	var eb [8]byte
-	// recheck holds v1 watches notified of an OOM whose kill was not yet
-	// counted; they are re-read every recheckEvery until it is, or for
-	// recheckFor. Only then does the loop wake on a timer: an idle
-	// watcher sleeps in epoll_wait with no timeout.
+	// recheck holds the v1 watches notified of an OOM whose kill was not
+	// yet counted, each with the time it gives up; they are re-read after
+	// delay, which doubles from recheckFirst while nothing new comes.
 	recheck := map[*watch]time.Time{}
+	delay := recheckFirst
 	for {
-		timeout := -1
-		if len(recheck) > 0 {
-			timeout = int(recheckEvery / time.Millisecond)
-		}
-		n, err := unix.EpollWait(w.epfd, events, timeout)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			log.G(w.ctx).WithError(err).Error("oom watcher: epoll_wait")
+		var n int
+		var werr error
+		err := w.epc.Read(func(epfd uintptr) bool {
+			n, werr = unix.EpollWait(int(epfd), events, 0)
+			if werr == unix.EINTR {
+				n, werr = 0, nil
+			}
+			return n > 0 || werr != nil // false: wait until readable
+		})
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			n = 0 // a recheck is due
+		case err != nil: // closed
+			return
+		case werr != nil:
+			log.G(w.ctx).WithError(werr).Error("oom watcher: epoll_wait")
 			return
 		}
 		if len(recheck) > 0 {
 			w.recheckAll(recheck)
 		}
 		for _, ev := range events[:n] {
-			switch fd := int(ev.Fd); {
-			case fd == w.wake:
-				return
-			case fd == int(w.ino.Load()):
+			if int(ev.Fd) == int(w.ino.Load()) {
 				w.drainInotify(inobuf)
-			default:
-				w.mu.Lock()
-				wt := w.byFd[ev.Fd]
-				w.mu.Unlock()
-				if wt == nil {
-					continue // stopped; Stop closes the eventfd
-				}
-				wt.mu.Lock()
-				// Read only a live watch's eventfd: a stopped one's number
-				// may already belong to another file.
-				if !wt.done {
-					unix.Read(wt.efd, eb[:])
-					if !w.update(wt) && !wt.done {
-						// v1 signals when the memcg enters OOM, before the
-						// kill is counted: look again shortly.
-						recheck[wt] = time.Now().Add(recheckFor)
-					}
-					if wt.done { // the cgroup went away: nothing more to hear
-						unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, wt.efd, nil)
-					}
-				}
-				wt.mu.Unlock()
+				continue
 			}
+			w.mu.Lock()
+			wt := w.byFd[ev.Fd]
+			w.mu.Unlock()
+			if wt == nil {
+				continue // stopped; Stop closes the eventfd
+			}
+			wt.mu.Lock()
+			// Read only a live watch's eventfd: a stopped one's number
+			// may already belong to another file.
+			if !wt.done {
+				unix.Read(wt.efd, eb[:])
+				if !w.update(wt) && !wt.done {
+					// v1 signals when the memcg enters OOM, before the
+					// kill is counted: look again shortly.
+					recheck[wt] = time.Now().Add(recheckFor)
+					delay = recheckFirst
+				}
+				if wt.done { // the cgroup went away: nothing more to hear
+					w.epollCtl(unix.EPOLL_CTL_DEL, wt.efd, 0)
+				}
+			}
+			wt.mu.Unlock()
+		}
+		if len(recheck) > 0 {
+			w.ep.SetReadDeadline(time.Now().Add(delay))
+			delay = min(2*delay, recheckMax)
+		} else {
+			w.ep.SetReadDeadline(time.Time{})
 		}
 	}
 }
 
-// drainInotify reads all pending inotify events and updates each watch
-// they name once.
 // recheckAll re-reads the watches in recheck and drops those that found
 // their kill, are gone, or ran out of time.
 func (w *Watcher) recheckAll(recheck map[*watch]time.Time) {
@@ -441,6 +482,8 @@ func (w *Watcher) recheckAll(recheck map[*watch]time.Time) {
 	}
 }
 
+// drainInotify reads all pending inotify events and updates each watch
+// they name once.
 func (w *Watcher) drainInotify(buf []byte) {
 	for {
 		n, err := unix.Read(int(w.ino.Load()), buf)
@@ -467,8 +510,7 @@ func (w *Watcher) drainInotify(buf []byte) {
 }
 
 // Close stops the goroutine and releases every watch without a final read.
-// It is bounded: the goroutine returns at its next epoll wakeup, which
-// Close itself triggers.
+// Closing the epoll instance ends the goroutine's wait at once.
 func (w *Watcher) Close() error {
 	w.mu.Lock()
 	if w.closed {
@@ -479,8 +521,7 @@ func (w *Watcher) Close() error {
 	rest := w.byID
 	w.byID, w.byFd, w.byWd = map[string]*watch{}, map[int32]*watch{}, map[int32]*watch{}
 	w.mu.Unlock()
-	var one = [8]byte{1}
-	unix.Write(w.wake, one[:])
+	w.ep.Close()
 	select {
 	case <-w.stopped:
 	case <-time.After(5 * time.Second):
@@ -495,7 +536,5 @@ func (w *Watcher) Close() error {
 	if ino := int(w.ino.Load()); ino >= 0 {
 		unix.Close(ino)
 	}
-	unix.Close(w.wake)
-	unix.Close(w.epfd)
 	return nil
 }
