@@ -213,7 +213,12 @@ func launch(f flags, p startParams, address string) (retErr error) {
 	cmd.Dir, _ = os.Getwd()
 	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+p.ttrpcAddress, "GRPC_ADDRESS="+p.grpcAddress, readyFdEnv+"=3")
 	if os.Getenv("GOMAXPROCS") == "" {
-		cmd.Env = append(cmd.Env, "GOMAXPROCS=2")
+		// The server's work is syscalls and waiting on runc, never two
+		// goroutines of Go code at once; one P means one set of per-P
+		// caches and one thread fewer. runc commands run on locked
+		// threads (see runc.Reaper.StartLocked), which park without
+		// holding the P, so they do not starve the server.
+		cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
 	}
 	cmd.ExtraFiles = []*os.File{w}
 	// Its own process group: signals for containerd's group are not ours.
