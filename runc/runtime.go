@@ -16,7 +16,6 @@ import (
 	"github.com/containerd/containerd/api/types/runc/options"
 	gorunc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/encoding/protojson"
 )
 
 const (
@@ -88,12 +87,14 @@ func (c Config) Runtime(bundle string) *gorunc.Runc {
 }
 
 // WriteOptions records the runtime options in the bundle for the delete
-// action, which runs after the shim that knew them is gone.
+// action, which runs after the shim that knew them is gone. The file is
+// plain encoding/json of the message, as containerd's own shim writes it,
+// so either shim's delete action can read the other's bundle.
 func WriteOptions(bundle string, opts *options.Options) error {
 	if opts == nil {
 		opts = &options.Options{}
 	}
-	data, err := protojson.Marshal(opts)
+	data, err := json.Marshal(opts)
 	if err != nil {
 		return fmt.Errorf("marshal runtime options: %w", err)
 	}
@@ -113,7 +114,7 @@ func ReadOptions(bundle string) (*options.Options, error) {
 		return nil, fmt.Errorf("read runtime options: %w", err)
 	}
 	var opts options.Options
-	if err := protojson.Unmarshal(data, &opts); err != nil {
+	if err := json.Unmarshal(data, &opts); err != nil {
 		return nil, fmt.Errorf("parse runtime options %s: %w", filepath.Join(bundle, optionsFile), err)
 	}
 	return &opts, nil

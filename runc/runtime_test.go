@@ -53,6 +53,14 @@ func TestConfigAndOptionsRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// containerd's own shim writes and reads this file with encoding/json.
+	data, err := os.ReadFile(filepath.Join(dir, optionsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), `"binary_name":"crun"`) || !strings.Contains(string(data), `"systemd_cgroup":true`) {
+		t.Fatalf("options.json %s: want containerd's field names", data)
+	}
 	c := NewConfig(out, "k8s.io")
 	want := Config{Binary: "crun", Root: "/run/x/k8s.io", SystemdCgroup: true, NoPivotRoot: true, IoUID: 5, IoGID: 6}
 	if c != want {

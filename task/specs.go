@@ -22,7 +22,10 @@ func init() {
 }
 
 // checkBundle verifies that bundle is an absolute directory holding a
-// config.json that parses as an OCI spec with a process.
+// config.json that is one JSON object with a process object. The rest is
+// runc's to validate: decoding the whole OCI spec here would build and
+// keep encoding/json's metadata for every spec type (about 0.2 MB) in a
+// shim whose heap is otherwise never collected.
 func checkBundle(bundle string) error {
 	if bundle == "" || !filepath.IsAbs(bundle) || filepath.Clean(bundle) != bundle {
 		return fmt.Errorf("bundle %q must be a clean absolute path: %w", bundle, errdefs.ErrInvalidArgument)
@@ -34,12 +37,14 @@ func checkBundle(bundle string) error {
 		}
 		return fmt.Errorf("read bundle config: %w", err)
 	}
-	var spec specs.Spec
+	var spec struct {
+		Process json.RawMessage `json:"process"`
+	}
 	if err := json.Unmarshal(data, &spec); err != nil {
 		return fmt.Errorf("malformed %s: %v: %w", filepath.Join(bundle, "config.json"), err, errdefs.ErrInvalidArgument)
 	}
-	if spec.Process == nil {
-		return fmt.Errorf("%s has no process: %w", filepath.Join(bundle, "config.json"), errdefs.ErrInvalidArgument)
+	if len(spec.Process) == 0 || spec.Process[0] != '{' {
+		return fmt.Errorf("%s has no process object: %w", filepath.Join(bundle, "config.json"), errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
