@@ -26,13 +26,15 @@ var (
 
 const (
 	// After a cgroup v1 OOM notification whose kill oom_kill has not
-	// counted yet, the counters are re-read after recheckFirst, then at
-	// doubling intervals up to recheckMax, for at most recheckFor: the kill
-	// is usually counted well within a millisecond, and the reader should
-	// not add more than that to the TaskOOM.
-	recheckFirst = 250 * time.Microsecond
-	recheckMax   = 4 * time.Millisecond
-	recheckFor   = time.Second
+	// counted yet, the counters are re-read every recheckFast for
+	// recheckFastFor (the kernel signals 0.2-2.5 ms before it counts the
+	// kill, measured on 6.18), then at intervals doubling up to recheckMax,
+	// for at most recheckFor. A timerfd drives this: the runtime's own
+	// timers wake an idle poller at millisecond granularity only.
+	recheckFast    = 100 * time.Microsecond
+	recheckFastFor = 5 * time.Millisecond
+	recheckMax     = 4 * time.Millisecond
+	recheckFor     = time.Second
 )
 
 // Level says whose memory limit made the OOM killer act.
@@ -80,9 +82,10 @@ type Watcher struct {
 	// ep is the epoll instance, waited on through the Go runtime's poller
 	// so that no OS thread sits blocked in epoll_wait; closing it stops
 	// the goroutine.
-	ep  *os.File
-	epc syscall.RawConn
-	ino atomic.Int32 // inotify, created by the first v2 Add; -1 before
+	ep    *os.File
+	epc   syscall.RawConn
+	ino   atomic.Int32 // inotify, created by the first v2 Add; -1 before
+	timer atomic.Int32 // timerfd for v1 re-reads, created by the first v1 Add; -1 before
 
 	mu      sync.Mutex
 	closed  bool
@@ -122,8 +125,7 @@ func NewWatcher(ctx context.Context, report Reporter) (*Watcher, error) {
 	ep := os.NewFile(uintptr(epfd), "oom-epoll")
 	epc, err := ep.SyscallConn()
 	if err == nil {
-		// Fails unless the runtime's poller took the descriptor: the
-		// recheck timer is a read deadline.
+		// Fails unless the runtime's poller took the descriptor.
 		err = ep.SetReadDeadline(time.Time{})
 	}
 	if err != nil {
@@ -136,6 +138,7 @@ func NewWatcher(ctx context.Context, report Reporter) (*Watcher, error) {
 		stopped: make(chan struct{}),
 	}
 	w.ino.Store(-1)
+	w.timer.Store(-1)
 	go w.loop()
 	return w, nil
 }
@@ -235,6 +238,17 @@ func (w *Watcher) addInotify(wt *watch) error {
 }
 
 func (w *Watcher) addEventfd(wt *watch) error {
+	if w.timer.Load() < 0 {
+		tfd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC|unix.TFD_NONBLOCK)
+		if err != nil {
+			return fmt.Errorf("oom: timerfd: %w", err)
+		}
+		if err := w.epollCtl(unix.EPOLL_CTL_ADD, tfd, unix.EPOLLIN); err != nil {
+			unix.Close(tfd)
+			return fmt.Errorf("oom: epoll add timerfd: %w", err)
+		}
+		w.timer.Store(int32(tfd))
+	}
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		return fmt.Errorf("oom: eventfd: %w", err)
@@ -406,10 +420,12 @@ func (w *Watcher) loop() {
 	inobuf := make([]byte, 4096)
 	var eb [8]byte
 	// recheck holds the v1 watches notified of an OOM whose kill was not
-	// yet counted, each with the time it gives up; they are re-read after
-	// delay, which doubles from recheckFirst while nothing new comes.
+	// yet counted, each with the time it gives up; they are re-read every
+	// recheckFast until fastUntil, then after delay, which doubles.
 	recheck := map[*watch]time.Time{}
-	delay := recheckFirst
+	var fastUntil time.Time
+	delay := recheckFast
+	armed := false
 	for {
 		var n int
 		var werr error
@@ -421,8 +437,6 @@ func (w *Watcher) loop() {
 			return n > 0 || werr != nil // false: wait until readable
 		})
 		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			n = 0 // a recheck is due
 		case err != nil: // closed
 			return
 		case werr != nil:
@@ -433,8 +447,12 @@ func (w *Watcher) loop() {
 			w.recheckAll(recheck)
 		}
 		for _, ev := range events[:n] {
-			if int(ev.Fd) == int(w.ino.Load()) {
+			switch int(ev.Fd) {
+			case int(w.ino.Load()):
 				w.drainInotify(inobuf)
+				continue
+			case int(w.timer.Load()):
+				unix.Read(int(ev.Fd), eb[:]) // expired: the re-reads above were due
 				continue
 			}
 			w.mu.Lock()
@@ -451,8 +469,9 @@ func (w *Watcher) loop() {
 				if !w.update(wt) && !wt.done {
 					// v1 signals when the memcg enters OOM, before the
 					// kill is counted: look again shortly.
-					recheck[wt] = time.Now().Add(recheckFor)
-					delay = recheckFirst
+					now := time.Now()
+					recheck[wt] = now.Add(recheckFor)
+					fastUntil, delay = now.Add(recheckFastFor), recheckFast
 				}
 				if wt.done { // the cgroup went away: nothing more to hear
 					w.epollCtl(unix.EPOLL_CTL_DEL, wt.efd, 0)
@@ -460,12 +479,31 @@ func (w *Watcher) loop() {
 			}
 			wt.mu.Unlock()
 		}
+		var next time.Duration // 0: nothing to re-read
 		if len(recheck) > 0 {
-			w.ep.SetReadDeadline(time.Now().Add(delay))
-			delay = min(2*delay, recheckMax)
-		} else {
-			w.ep.SetReadDeadline(time.Time{})
+			if time.Now().Before(fastUntil) {
+				next = recheckFast
+			} else {
+				delay = min(2*delay, recheckMax)
+				next = delay
+			}
 		}
+		if next != 0 || armed {
+			w.arm(next)
+			armed = next != 0
+		}
+	}
+}
+
+// arm sets the re-read timer to fire once after d; 0 disarms it.
+func (w *Watcher) arm(d time.Duration) {
+	tfd := int(w.timer.Load())
+	if tfd < 0 {
+		return
+	}
+	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(d))}
+	if err := unix.TimerfdSettime(tfd, 0, &spec, nil); err != nil {
+		log.G(w.ctx).WithError(err).Warn("oom watcher: arm re-read timer")
 	}
 }
 
@@ -533,8 +571,10 @@ func (w *Watcher) Close() error {
 		wt.close()
 		wt.mu.Unlock()
 	}
-	if ino := int(w.ino.Load()); ino >= 0 {
-		unix.Close(ino)
+	for _, fd := range []int{int(w.ino.Load()), int(w.timer.Load())} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 	}
 	return nil
 }

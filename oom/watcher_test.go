@@ -286,3 +286,34 @@ func TestV1NotificationBeforeCount(t *testing.T) {
 	}
 	none(t, events)
 }
+
+// TestV1CountAfterFastRereads: a kill counted only after the fast re-reads
+// (here 30 ms after the notification) is still reported by the slower ones,
+// once; then the timer is left disarmed.
+func TestV1CountAfterFastRereads(t *testing.T) {
+	w, events := newWatcher(t)
+	dir := fakeCgroup(t, false)
+	if err := w.Add("c1", dir, false); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	efd := w.byID["c1"].efd
+	w.mu.Unlock()
+	one := [8]byte{1}
+	if _, err := unix.Write(efd, one[:]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	none(t, events)
+	writeOOMControl(t, dir, 1)
+	expect(t, events, Event{ID: "c1", Cgroup: dir, OOMKill: 1, Kills: 1, Level: LevelAncestor})
+	time.Sleep(20 * time.Millisecond)
+	var cur unix.ItimerSpec
+	if err := unix.TimerfdGettime(int(w.timer.Load()), &cur); err != nil {
+		t.Fatal(err)
+	}
+	if cur.Value.Nano() != 0 {
+		t.Fatalf("re-read timer still armed: %v", cur.Value)
+	}
+	none(t, events)
+}
