@@ -109,6 +109,23 @@ func TestBadInputDirect(t *testing.T) {
 		}
 	})
 
+	t.Run("config.json runc rejects", func(t *testing.T) {
+		// Valid JSON with a process: the shim's own check passes and runc's
+		// spec decoding refuses it.
+		dir, _ := te.handBundle("badtype", []byte(`{"ociVersion": "1.2.0", "process": {"args": ["true"], "cwd": "/"}, "root": {"path": "rootfs"}, "mounts": 5}`))
+		_, err := s.task.Create(te.ctx, &taskv3.CreateTaskRequest{ID: "badtype", Bundle: dir})
+		if err == nil {
+			t.Fatal("Create with mounts: 5 succeeded")
+		}
+		if !strings.Contains(err.Error(), "runc") {
+			t.Errorf("Create with mounts: 5: %v, want runc's error", err)
+		}
+		alive(t, "Create with a config.json runc rejects")
+		if ids, _ := te.h.runcContainers(te.ns); len(ids) > 0 {
+			t.Errorf("failed Create left runc containers %v", ids)
+		}
+	})
+
 	checkConnectAndShutdown(t, s)
 }
 
