@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,7 +13,9 @@ import (
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
 	apitypes "github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -162,4 +165,49 @@ func TestShimInfoFlag(t *testing.T) {
 	if info.Name != "io.containerd.runc.v2" {
 		t.Fatalf("RuntimeInfo name %q, want io.containerd.runc.v2", info.Name)
 	}
+}
+
+// TestRuncEnvironment: runc inherits nothing the shim machinery added to
+// the shim's environment: no GOMAXPROCS (containerd gives every shim
+// command one, the shim gives its server another, and runc is 10-15% slower
+// with fewer Ps than CPUs), no ready-pipe descriptor; whether the server or
+// the delete action runs it. A wrapper records runc's environment.
+func TestRuncEnvironment(t *testing.T) {
+	te := newTestEnv(t)
+	dir := t.TempDir()
+	wrapper := filepath.Join(dir, "runc-wrapper")
+	script := fmt.Sprintf("#!/bin/sh\n{ env; echo \"ARGS=$*\"; } > %s/env.$$\nexec %s \"$@\"\n", dir, te.h.s.runc())
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := te.containerWith("wrapped", []client.NewContainerOpts{
+		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: wrapper}),
+	}, oci.WithProcessArgs("sleep", "1000"))
+	task, _ := te.startTask(c, te.io(nil, io.Discard, io.Discard))
+	te.destroyTask(task)
+	dumps, _ := filepath.Glob(filepath.Join(dir, "env.*"))
+	if len(dumps) < 3 { // create, start, delete at least
+		t.Fatalf("runc wrapper ran %d times, want create, start and delete", len(dumps))
+	}
+	for _, d := range dumps {
+		raw, err := os.ReadFile(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range strings.Split(string(raw), "\n") {
+			if strings.HasPrefix(kv, "GOMAXPROCS=") || strings.HasPrefix(kv, "SHIM_READY_FD=") {
+				t.Errorf("runc ran with %s (%s)", kv, runcArgs(raw))
+			}
+		}
+	}
+}
+
+// runcArgs is the ARGS= line of a wrapper's dump.
+func runcArgs(dump []byte) string {
+	for _, l := range strings.Split(string(dump), "\n") {
+		if a, ok := strings.CutPrefix(l, "ARGS="); ok {
+			return a
+		}
+	}
+	return "?"
 }
