@@ -12,7 +12,7 @@ LDFLAGS    := -s -w -X oomshim/shim.Version=$(VERSION) -X oomshim/shim.Revision=
 # no_grpc drops the gRPC stubs of containerd's API packages: the shim speaks
 # ttrpc only, and gRPC (with net/http, x509, templates) is a third of a binary.
 GO_TAGS    := no_grpc
-GO_SOURCES := $(shell find . -name '*.go' -not -path './integration/*' -not -path './bench/*' -not -path './.tools/*') go.mod go.sum
+GO_SOURCES := $(shell find . -name '*.go' -not -path './integration/*' -not -path './bench/*' -not -path './testkit/*' -not -path './.tools/*') go.mod go.sum
 
 export SHIM_BINARY := $(SHIM)
 export TOOLS_BIN
@@ -46,6 +46,8 @@ test: unit integration test-cgroup2
 unit:
 	go vet -tags $(GO_TAGS) ./...
 	go test -tags $(GO_TAGS) -race -count=1 ./...
+	cd testkit && go vet ./... && go test -count=1 ./...
+	cd bench && go vet ./... && go test -count=1 ./...
 
 integration: build image
 	cd integration && REQUIRE_INTEGRATION=1 go test -count=1 -timeout 40m -v ./... 2>&1 | tee $(ROOT)/.tools/integration.log; exit $${PIPESTATUS[0]}

@@ -29,7 +29,7 @@ type shimClient struct {
 // dialShim connects to the shim of container id, at the address containerd
 // recorded in the bundle's bootstrap.json.
 func (e *env) dialShim(id string) (*shimClient, error) {
-	path := filepath.Join(e.base, "state", "io.containerd.runtime.v2.task", e.ns, id, "bootstrap.json")
+	path := filepath.Join(e.State, "io.containerd.runtime.v2.task", e.ns, id, "bootstrap.json")
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err

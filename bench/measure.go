@@ -114,7 +114,7 @@ func (e *env) sizes(ctx context.Context, r *results) error {
 			return err
 		}
 		r.built[i] = st.Size()
-		tmp := filepath.Join(e.base, "stripped-"+shortName[i])
+		tmp := filepath.Join(e.Base, "stripped-"+shortName[i])
 		if out, err := exec.CommandContext(ctx, "strip", "-o", tmp, s.path).CombinedOutput(); err != nil {
 			return fmt.Errorf("strip %s: %v: %s", s.path, err, out)
 		}
@@ -129,7 +129,7 @@ func (e *env) sizes(ctx context.Context, r *results) error {
 
 // newContainer creates a container of the busybox image served by shim s.
 func (e *env) newContainer(ctx context.Context, id string, s shim, sopts ...oci.SpecOpts) (client.Container, error) {
-	return e.client.NewContainer(ctx, id,
+	return e.Client.NewContainer(ctx, id,
 		client.WithNewSnapshot(id+"-snap", e.image),
 		client.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(e.image)}, sopts...)...),
 		client.WithRuntime(s.path, nil),

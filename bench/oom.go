@@ -45,11 +45,11 @@ type eventLog struct {
 // registered the subscriber).
 func (e *env) subscribe(ctx context.Context) (*eventLog, error) {
 	l := &eventLog{byID: map[string]*taskTimes{}, changed: make(chan struct{})}
-	ch, errs := e.client.Subscribe(ctx, fmt.Sprintf("namespace==%q", e.ns))
+	ch, errs := e.Client.Subscribe(ctx, fmt.Sprintf("namespace==%q", e.ns))
 	go l.loop(ch, errs)
 	for i := 0; ; i++ {
 		attempt, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-		err := e.client.EventService().Publish(attempt, markerTopic, &emptypb.Empty{})
+		err := e.Client.EventService().Publish(attempt, markerTopic, &emptypb.Empty{})
 		if err == nil {
 			err = l.wait(attempt, func() bool { return l.markers > 0 })
 		}

@@ -54,9 +54,3 @@ func TestQuantile(t *testing.T) {
 		t.Fatal("median of nothing should be NaN")
 	}
 }
-
-func TestUnescapeMountPath(t *testing.T) {
-	if got := unescapeMountPath(`/run/a\040b`); got != "/run/a b" {
-		t.Fatalf("got %q", got)
-	}
-}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"oomshim/testkit"
+
 	"bufio"
 	"bytes"
 	"fmt"
@@ -47,60 +49,17 @@ func newShim(name, path string) (shim, error) {
 func (e *env) shimServers(s shim) map[string]int {
 	out := map[string]int{}
 	for _, p := range e.shimProcesses() {
-		if p.exe == s.path && !p.start {
-			out[p.id] = p.pid
+		if p.Exe == s.path && p.Action == "" {
+			out[p.ID] = p.PID
 		}
 	}
 	return out
-}
-
-type shimProc struct {
-	pid   int
-	exe   string
-	id    string
-	start bool // a `start` or `delete` invocation, not the server
 }
 
 // shimProcesses lists processes of either binary whose command line names
 // this run's containerd address.
-func (e *env) shimProcesses() []shimProc {
-	entries, _ := os.ReadDir("/proc")
-	var out []shimProc
-	for _, ent := range entries {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		if err != nil {
-			continue
-		}
-		exe = strings.TrimSuffix(exe, " (deleted)")
-		if exe != e.cfg.ours.path && exe != e.cfg.ref.path {
-			continue
-		}
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
-		p := shimProc{pid: pid, exe: exe}
-		ours := false
-		for i, a := range args {
-			switch {
-			case a == "start" || a == "delete":
-				p.start = true
-			case a == "-id" && i+1 < len(args):
-				p.id = args[i+1]
-			case a == "-address" && i+1 < len(args):
-				ours = args[i+1] == e.address
-			}
-		}
-		if ours {
-			out = append(out, p)
-		}
-	}
-	return out
+func (e *env) shimProcesses() []testkit.ShimProcess {
+	return testkit.ShimProcesses(e.Address, e.cfg.ours.path, e.cfg.ref.path)
 }
 
 // smapsRollup returns a process's Rss and Pss in kB.

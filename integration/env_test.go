@@ -46,15 +46,15 @@ func newTestEnvTimeout(t *testing.T, timeout time.Duration) *testEnv {
 	h := requireHarness(t)
 	ns := h.newNamespace(t.Name())
 	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), ns), timeout)
-	offset := h.logOffset()
+	offset := h.LogOffset()
 	// Registered first, so it runs last: after every other cleanup.
 	t.Cleanup(func() {
 		cancel()
 		if t.Failed() {
-			t.Logf("namespace %s; containerd log since the test started (last 150 lines):\n%s", ns, h.logSince(offset, 150))
+			t.Logf("namespace %s; containerd log since the test started (last 150 lines):\n%s", ns, h.LogSince(offset, 150))
 		}
 	})
-	return &testEnv{t: t, h: h, c: h.client, ns: ns, ctx: ctx, logStart: offset}
+	return &testEnv{t: t, h: h, c: h.Client, ns: ns, ctx: ctx, logStart: offset}
 }
 
 // cleanupCtx is a fresh context for t.Cleanup work, which runs after the
@@ -127,7 +127,7 @@ func (te *testEnv) destroyTask(task client.Task) {
 
 // io returns a creator whose fifos live in the harness's fifo dir.
 func (te *testEnv) io(stdin io.Reader, stdout, stderr io.Writer) cio.Creator {
-	return cio.NewCreator(cio.WithStreams(stdin, stdout, stderr), cio.WithFIFODir(te.h.fifoDir))
+	return cio.NewCreator(cio.WithStreams(stdin, stdout, stderr), cio.WithFIFODir(te.h.FifoDir))
 }
 
 // startTask creates and starts a task and returns it with its exit channel
@@ -208,9 +208,9 @@ func (te *testEnv) ctr(args ...string) ([]byte, error) {
 }
 
 func (te *testEnv) ctrContext(ctx context.Context, args ...string) ([]byte, error) {
-	full := append([]string{"--address", te.h.address, "--namespace", te.ns}, args...)
+	full := append([]string{"--address", te.h.Address, "--namespace", te.ns}, args...)
 	cmd := exec.CommandContext(ctx, te.h.s.ctr(), full...)
-	cmd.Env = envWithPath(te.h.containerdPath())
+	cmd.Env = te.h.Environ()
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGKILL) }
 	return cmd.CombinedOutput()
 }

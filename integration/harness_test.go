@@ -107,7 +107,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	theHarness = h
-	fmt.Fprintf(os.Stderr, "integration: containerd at %s, shim %s, image %s\n", h.address, s.shimBinary, h.imageRef)
+	fmt.Fprintf(os.Stderr, "integration: containerd at %s, shim %s, image %s\n", h.Address, s.shimBinary, h.imageRef)
 
 	code := m.Run()
 

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"oomshim/testkit"
+
 	"context"
 	"errors"
 	"io"
@@ -196,7 +198,7 @@ func TestOOM(t *testing.T) {
 			t.Errorf("exit status %d, want 137", code)
 		}
 		removed := 0
-		for _, nsDir := range namespaceCgroups(te.ns) {
+		for _, nsDir := range testkit.NamespaceCgroups(te.ns) {
 			dir := filepath.Join(nsDir, "hog")
 			if err := syscall.Rmdir(dir); err == nil {
 				removed++
@@ -289,7 +291,7 @@ func TestOOM(t *testing.T) {
 func (te *testEnv) shimsInNamespace() int {
 	n := 0
 	for _, p := range te.h.shimProcesses() {
-		if p.ns == te.ns {
+		if p.NS == te.ns {
 			n++
 		}
 	}

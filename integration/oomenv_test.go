@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"oomshim/testkit"
+
 	"bufio"
 	"fmt"
 	"os"
@@ -124,7 +126,7 @@ func hostHasSwap() bool {
 // only non-root cgroups carry: look in this process's cgroup and in the
 // root's children.
 func v2SwapController() bool {
-	dirs := subdirs("/sys/fs/cgroup")
+	dirs := testkit.Subdirs("/sys/fs/cgroup")
 	if data, err := os.ReadFile("/proc/self/cgroup"); err == nil {
 		for _, line := range strings.Split(string(data), "\n") {
 			if rel, ok := strings.CutPrefix(line, "0::"); ok && rel != "/" {
@@ -143,23 +145,9 @@ func v2SwapController() bool {
 // v1ControllerMount is the mount point of the cgroup v1 hierarchy that
 // carries controller, or "".
 func v1ControllerMount(controller string) string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		sep := strings.Index(line, " - ")
-		fields := strings.Fields(line)
-		if sep < 0 || len(fields) < 5 {
-			continue
-		}
-		// After the separator: fstype, source, super options.
-		post := strings.Fields(line[sep+3:])
-		if len(post) >= 3 && post[0] == "cgroup" && slices.Contains(strings.Split(post[2], ","), controller) {
-			return unescapeMountPath(fields[4])
+	for _, m := range testkit.Mounts() {
+		if m.FSType == "cgroup" && slices.Contains(m.Super, controller) {
+			return m.Point
 		}
 	}
 	return ""
@@ -309,7 +297,7 @@ func countOOMs(events []recordedEvent) int {
 // began that mention word (a container ID) as a whole word; the shim logs
 // into containerd's log at debug level.
 func (te *testEnv) logExcerpt(word string, n int) string {
-	f, err := os.Open(te.h.logPath)
+	f, err := os.Open(te.h.LogPath)
 	if err != nil {
 		return fmt.Sprintf("(no containerd log: %v)", err)
 	}

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"oomshim/testkit"
+
 	"context"
 	"errors"
 	"fmt"
@@ -89,8 +91,8 @@ func TestOOMStress(t *testing.T) {
 		// next round starts once this round's shims are gone, so no more
 		// than OOM_STRESS_CONTAINERS shims ever run at once.
 		if lingering := te.waitShimsGone(); len(lingering) > 0 {
-			t.Errorf("round %d: %d shim(s) still running %d ms after their containers were deleted, e.g. %s",
-				r+1, len(lingering), shimExitGraceMs, lingering[0])
+			t.Errorf("round %d: %d shim(s) still running %v after their containers were deleted, e.g. %s",
+				r+1, len(lingering), shimExitGrace, lingering[0])
 		}
 		if r%every == 0 || r == rounds-1 {
 			bad := 0
@@ -275,12 +277,12 @@ func (te *testEnv) deleteAllContainers() {
 	}
 }
 
-// waitShimsGone waits (on pidfds, bounded by shimExitGraceMs each) until no
+// waitShimsGone waits (on pidfds, bounded by shimExitGrace each) until no
 // shim of te's namespace runs, and returns those that still do.
 func (te *testEnv) waitShimsGone() []shimProc {
 	var out []shimProc
 	for _, p := range te.h.shimProcesses() {
-		if p.ns == te.ns && waitPidExit(p.pid, shimExitGraceMs) != nil {
+		if p.NS == te.ns && testkit.WaitPidExit(p.PID, shimExitGrace) != nil {
 			out = append(out, p)
 		}
 	}

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"oomshim/testkit"
+
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,7 +28,7 @@ func TestStartProtocolViaContainerd(t *testing.T) {
 	te := newTestEnv(t)
 	task, _ := te.startTask(te.container("boot", "sleep", "1000"), te.io(nil, io.Discard, io.Discard))
 
-	bundle := filepath.Join(te.h.state, "io.containerd.runtime.v2.task", te.ns, "boot")
+	bundle := filepath.Join(te.h.State, "io.containerd.runtime.v2.task", te.ns, "boot")
 	data, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json"))
 	if err != nil {
 		t.Fatalf("containerd kept no bootstrap.json for the shim: %v", err)
@@ -35,12 +37,12 @@ func TestStartProtocolViaContainerd(t *testing.T) {
 	if err := json.Unmarshal(data, &res); err != nil {
 		t.Fatalf("bootstrap.json %s: %v", data, err)
 	}
-	if res.Version != 3 || res.Protocol != "ttrpc" || !strings.HasPrefix(res.Address, "unix://"+te.h.socketDir+"/") {
-		t.Fatalf("bootstrap result %s: want version 3, protocol ttrpc, a unix:// address in %s", data, te.h.socketDir)
+	if res.Version != 3 || res.Protocol != "ttrpc" || !strings.HasPrefix(res.Address, "unix://"+te.h.SocketDir+"/") {
+		t.Fatalf("bootstrap result %s: want version 3, protocol ttrpc, a unix:// address in %s", data, te.h.SocketDir)
 	}
 	var shims []shimProc
 	for _, p := range te.h.shimProcesses() {
-		if p.ns == te.ns && p.id == "boot" {
+		if p.NS == te.ns && p.ID == "boot" {
 			shims = append(shims, p)
 		}
 	}
@@ -51,7 +53,7 @@ func TestStartProtocolViaContainerd(t *testing.T) {
 	if _, err := task.Delete(te.ctx, client.WithProcessKill); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
-	if err := waitPidExit(shims[0].pid, shimExitGraceMs); err != nil {
+	if err := testkit.WaitPidExit(shims[0].PID, shimExitGrace); err != nil {
 		t.Fatalf("shim did not exit after its only task was deleted: %v", err)
 	}
 	if !socketGone(res.Address) {
@@ -68,8 +70,8 @@ func TestStartProtocolBootstrapByHand(t *testing.T) {
 	if res.Version != 3 || res.Protocol != "ttrpc" {
 		t.Fatalf("BootstrapResult version %d protocol %q: want 3 and ttrpc", res.Version, res.Protocol)
 	}
-	if !strings.HasPrefix(res.Address, "unix://"+te.h.socketDir+"/") {
-		t.Fatalf("address %q is not in the requested socket dir %s", res.Address, te.h.socketDir)
+	if !strings.HasPrefix(res.Address, "unix://"+te.h.SocketDir+"/") {
+		t.Fatalf("address %q is not in the requested socket dir %s", res.Address, te.h.SocketDir)
 	}
 	checkConnectAndShutdown(t, s)
 }
@@ -111,7 +113,7 @@ func checkConnectAndShutdown(t *testing.T, s *handShim) {
 	if err := s.shutdown(s.te.ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if err := waitPidExit(pid, shimExitGraceMs); err != nil {
+	if err := testkit.WaitPidExit(pid, shimExitGrace); err != nil {
 		t.Fatalf("shim did not exit after Shutdown: %v", err)
 	}
 	if !socketGone(s.address) {
@@ -124,7 +126,7 @@ func checkConnectAndShutdown(t *testing.T, s *handShim) {
 func TestShimDeleteAction(t *testing.T) {
 	te := newTestEnv(t)
 	dir, _ := te.handBundle("gone", minimalSpec("true"))
-	out, err := te.runShim(dir, nil, "-namespace", te.ns, "-id", "gone", "-address", te.h.address,
+	out, err := te.runShim(dir, nil, "-namespace", te.ns, "-id", "gone", "-address", te.h.Address,
 		"-publish-binary", te.h.s.containerd(), "-bundle", dir, "-debug", "delete")
 	if err != nil {
 		t.Fatalf("delete action: %v", err)

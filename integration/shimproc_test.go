@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"oomshim/testkit"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -65,7 +67,7 @@ func (te *testEnv) handBundle(id string, config []byte) (string, *syncBuffer) {
 		te.t.Fatal(err)
 	}
 	te.t.Cleanup(func() {
-		for _, m := range mountsUnder(dir) {
+		for _, m := range testkit.MountsUnder(dir) {
 			_ = unix.Unmount(m, unix.MNT_DETACH)
 		}
 		if err := os.RemoveAll(dir); err != nil {
@@ -106,9 +108,9 @@ func (te *testEnv) handBundle(id string, config []byte) (string, *syncBuffer) {
 func (te *testEnv) shimCommand(dir string, stdin []byte, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(te.ctx, te.h.s.shimBinary, args...)
 	cmd.Dir = dir
-	cmd.Env = envWithPath(te.h.containerdPath(),
-		"TTRPC_ADDRESS="+te.h.ttrpcAddress,
-		"GRPC_ADDRESS="+te.h.address,
+	cmd.Env = te.h.Environ(
+		"TTRPC_ADDRESS="+te.h.TTRPCAddress,
+		"GRPC_ADDRESS="+te.h.Address,
 		"NAMESPACE="+te.ns,
 	)
 	cmd.Stdin = bytes.NewReader(stdin)
@@ -130,21 +132,21 @@ func (te *testEnv) runShim(dir string, stdin []byte, args ...string) ([]byte, er
 }
 
 func (te *testEnv) startFlags(id string) []string {
-	return []string{"-namespace", te.ns, "-id", id, "-address", te.h.address,
+	return []string{"-namespace", te.ns, "-id", id, "-address", te.h.Address,
 		"-publish-binary", te.h.s.containerd(), "-debug", "start"}
 }
 
 // bootstrapParams is what containerd v2.4.2 writes to a shim's stdin.
 func (te *testEnv) bootstrapParams(id string) []byte {
 	te.t.Helper()
-	socketDir := te.h.socketDir
+	socketDir := te.h.SocketDir
 	params := &bootapi.BootstrapParams{
 		InstanceID:             id,
 		Namespace:              te.ns,
 		LogLevel:               bootapi.LogLevel_LOG_LEVEL_DEBUG,
 		ContainerdVersion:      "2.4.2",
-		ContainerdGrpcAddress:  te.h.address,
-		ContainerdTtrpcAddress: te.h.ttrpcAddress,
+		ContainerdGrpcAddress:  te.h.Address,
+		ContainerdTtrpcAddress: te.h.TTRPCAddress,
 		ContainerdBinary:       te.h.s.containerd(),
 		SocketDir:              &socketDir,
 	}
@@ -238,20 +240,17 @@ func (s *handShim) cleanup() {
 		s.client.Close()
 	}
 	for _, p := range h.shimProcesses() {
-		if p.ns == s.te.ns && p.id == s.id {
-			if waitPidExit(p.pid, 5000) != nil {
-				_ = syscall.Kill(p.pid, syscall.SIGKILL)
-				_ = waitPidGone(p.pid)
+		if p.NS == s.te.ns && p.ID == s.id {
+			if testkit.WaitPidExit(p.PID, 5*time.Second) != nil {
+				_ = syscall.Kill(p.PID, syscall.SIGKILL)
+				_ = testkit.WaitPidExit(p.PID, 30*time.Second)
 			}
 		}
 	}
 	if path, ok := strings.CutPrefix(s.address, "unix://"); ok {
 		_ = os.Remove(path)
 	}
-	ids, _ := h.runcContainers(s.te.ns)
-	for _, id := range ids {
-		_ = exec.Command(h.s.runc(), "--root", filepath.Join(runcRoot, s.te.ns), "delete", "--force", id).Run()
-	}
+	testkit.DeleteRuncContainers(h.s.runc(), filepath.Join(runcRoot, s.te.ns))
 }
 
 // socketGone reports whether the unix socket behind address was removed.

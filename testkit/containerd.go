@@ -1,0 +1,322 @@
+package testkit
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/template"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"golang.org/x/sys/unix"
+)
+
+// maxSocketDirLen is containerd's limit on the shim socket_dir (sun_path
+// minus the 64-character socket name).
+const maxSocketDirLen = 38
+
+// RuncRoot is where the runc shims keep runc state when the runtime options
+// leave Root empty (containerd's process.RuncRoot); namespaces are subdirs.
+const RuncRoot = "/run/containerd/runc"
+
+// Options describe a private containerd.
+type Options struct {
+	Prefix   string // of its directory under /run, such as "oomshim-test-"
+	Title    string // what the generated config says it is for
+	Shim     string // the binary on PATH as containerd-shim-runc-v2
+	ToolsBin string // holds containerd and runc; on PATH after Shim's dir
+	LogLevel string // containerd's; "debug" also gives the shims -debug
+	// ClientOpts are added to the client's (a timeout, a default namespace).
+	ClientOpts []client.Opt
+}
+
+// Containerd is a running private containerd.
+type Containerd struct {
+	Base         string // /run/<Prefix>NNN: everything of this daemon lives here
+	Root         string
+	State        string
+	SocketDir    string // shim sockets (short: see maxSocketDirLen)
+	PathDir      string // holds the containerd-shim-runc-v2 symlink, first on PATH
+	FifoDir      string // for client and ctr fifos
+	ConfigPath   string
+	Address      string // gRPC socket
+	TTRPCAddress string // ttrpc socket
+	LogPath      string // containerd's stdout and stderr
+
+	Client *client.Client
+
+	toolsBin    string
+	logFile     *os.File
+	cmd         *exec.Cmd
+	exited      chan struct{}
+	waitErr     error
+	createdDirs []string // global dirs that did not exist before
+}
+
+var configTemplate = template.Must(template.New("config").Parse(`# containerd config of {{.Title}} (generated)
+version = 3
+root = "{{.Root}}"
+state = "{{.State}}"
+temp = "{{.Base}}/tmp"
+imports = []
+# CRI is out of scope here.
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{{.Address}}"
+
+[ttrpc]
+  address = "{{.TTRPCAddress}}"
+
+[debug]
+  level = "{{.LogLevel}}"
+
+[plugins."io.containerd.shim.v1.manager"]
+  socket_dir = "{{.SocketDir}}"
+
+# Keep everything of this daemon inside its own directory.
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{{.Base}}/opt"
+
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+`))
+
+// Start starts containerd and waits until it serves. A non-nil result
+// needs Stop and Remove even when err is set.
+func Start(ctx context.Context, o Options) (*Containerd, error) {
+	c := &Containerd{toolsBin: o.ToolsBin, exited: make(chan struct{})}
+	for _, d := range []string{"/run/containerd", RuncRoot, "/run/containerd/s"} {
+		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+			c.createdDirs = append(c.createdDirs, d)
+		}
+	}
+	base, err := os.MkdirTemp("/run", o.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	c.Base = base
+	c.Root = filepath.Join(base, "root")
+	c.State = filepath.Join(base, "state")
+	c.SocketDir = filepath.Join(base, "s")
+	c.PathDir = filepath.Join(base, "path")
+	c.FifoDir = filepath.Join(base, "fifo")
+	c.ConfigPath = filepath.Join(base, "config.toml")
+	c.Address = filepath.Join(base, "c.sock")
+	c.TTRPCAddress = c.Address + ".ttrpc"
+	c.LogPath = filepath.Join(base, "containerd.log")
+	if len(c.SocketDir) > maxSocketDirLen {
+		return c, fmt.Errorf("socket dir %s is longer than %d characters", c.SocketDir, maxSocketDirLen)
+	}
+	for _, d := range []string{c.Root, c.State, c.PathDir, c.FifoDir, filepath.Join(base, "tmp")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return c, err
+		}
+	}
+	// The only difference from a stock containerd: which binary answers to
+	// the name containerd-shim-runc-v2 on its PATH.
+	if err := os.Symlink(o.Shim, filepath.Join(c.PathDir, "containerd-shim-runc-v2")); err != nil {
+		return c, err
+	}
+	var buf bytes.Buffer
+	if err := configTemplate.Execute(&buf, map[string]string{
+		"Title": o.Title, "Base": base, "Root": c.Root, "State": c.State,
+		"Address": c.Address, "TTRPCAddress": c.TTRPCAddress, "SocketDir": c.SocketDir,
+		"LogLevel": o.LogLevel,
+	}); err != nil {
+		return c, err
+	}
+	if err := os.WriteFile(c.ConfigPath, buf.Bytes(), 0o644); err != nil {
+		return c, err
+	}
+	return c, c.run(ctx, o.ClientOpts)
+}
+
+func (c *Containerd) run(ctx context.Context, copts []client.Opt) error {
+	f, err := os.OpenFile(c.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	c.logFile = f
+	cmd := exec.Command(filepath.Join(c.toolsBin, "containerd"), "--config", c.ConfigPath)
+	// containerd also looks for ./containerd-shim-runc-v2: run it where none is.
+	cmd.Dir = c.Base
+	cmd.Env = c.Environ()
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	c.cmd = cmd
+	go func() {
+		c.waitErr = cmd.Wait()
+		close(c.exited)
+	}()
+	cl, err := client.New(c.Address, append([]client.Opt{client.WithTimeout(10 * time.Second)}, copts...)...)
+	if err != nil {
+		return err
+	}
+	c.Client = cl
+	hctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	serving := make(chan error, 1)
+	go func() {
+		ok, err := cl.IsServing(hctx)
+		if err == nil && !ok {
+			err = errors.New("health check: not serving")
+		}
+		serving <- err
+	}()
+	select {
+	case err := <-serving:
+		if err != nil {
+			return fmt.Errorf("containerd did not come up: %w", err)
+		}
+		return nil
+	case <-c.exited:
+		return fmt.Errorf("containerd exited at start: %v", c.waitErr)
+	}
+}
+
+// Path is the PATH containerd, and so the shims and runc, see.
+func (c *Containerd) Path() string {
+	return c.PathDir + ":" + c.toolsBin + ":" + os.Getenv("PATH")
+}
+
+// Environ is this process's environment with PATH replaced by Path, plus
+// extra.
+func (c *Containerd) Environ(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PATH=") {
+			env = append(env, kv)
+		}
+	}
+	return append(append(env, "PATH="+c.Path()), extra...)
+}
+
+// Exited is closed when containerd has exited.
+func (c *Containerd) Exited() <-chan struct{} { return c.exited }
+
+// Stop closes the client and stops containerd: SIGTERM, then SIGKILL after
+// grace. It reports whether containerd had to be killed.
+func (c *Containerd) Stop(grace time.Duration) (killed bool) {
+	if c.Client != nil {
+		c.Client.Close()
+		c.Client = nil
+	}
+	if c.cmd == nil {
+		return false
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(grace):
+		killed = true
+		_ = c.cmd.Process.Kill()
+		<-c.exited
+	}
+	c.cmd = nil
+	if c.logFile != nil {
+		c.logFile.Close()
+		c.logFile = nil
+	}
+	return killed
+}
+
+// LogOffset is the current size of containerd's log.
+func (c *Containerd) LogOffset() int64 {
+	st, err := os.Stat(c.LogPath)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// LogSince returns the last n lines written to containerd's log after
+// offset.
+func (c *Containerd) LogSince(offset int64, n int) string {
+	f, err := os.Open(c.LogPath)
+	if err != nil {
+		return fmt.Sprintf("(no containerd log: %v)", err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return err.Error()
+	}
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > 2*n {
+			lines = append([]string(nil), lines[len(lines)-n:]...)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// CopyLog copies containerd's log to dst.
+func (c *Containerd) CopyLog(dst string) error {
+	data, err := os.ReadFile(c.LogPath)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, data, 0o644)
+}
+
+// Import imports and unpacks an image tarball into ctx's namespace. Blobs
+// are shared between namespaces: only the first import copies data.
+func (c *Containerd) Import(ctx context.Context, tarball string) (client.Image, error) {
+	f, err := os.Open(tarball)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	imgs, err := c.Client.Import(ctx, f)
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", tarball, err)
+	}
+	if len(imgs) == 0 || imgs[0].Name == "" {
+		return nil, fmt.Errorf("import %s: no named image in the tarball", tarball)
+	}
+	img := client.NewImage(c.Client, imgs[0])
+	if err := img.Unpack(ctx, ""); err != nil {
+		return nil, fmt.Errorf("unpack %s: %w", imgs[0].Name, err)
+	}
+	return img, nil
+}
+
+// Remove unmounts what is left under Base, removes Base unless a mount
+// stays, and removes the global directories Start found missing if they are
+// empty. Call it after Stop.
+func (c *Containerd) Remove() error {
+	var err error
+	if c.Base != "" {
+		for _, m := range MountsUnder(c.Base) {
+			if uerr := unix.Unmount(m, unix.MNT_DETACH); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("unmount %s: %w", m, uerr))
+			}
+		}
+		if left := MountsUnder(c.Base); len(left) > 0 {
+			err = errors.Join(err, fmt.Errorf("mounts remain under %s, not removing it: %v", c.Base, left))
+		} else if rerr := os.RemoveAll(c.Base); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}
+	for i := len(c.createdDirs) - 1; i >= 0; i-- {
+		_ = os.Remove(c.createdDirs[i]) // only when empty
+	}
+	return err
+}
