@@ -63,13 +63,13 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "containerd's log level (debug gives the shims -debug)")
 	quick := fs.Bool("quick", false, "few samples: a smoke test of the benchmark itself, not figures")
 	fs.IntVar(&c.warmups, "warmups", 3, "untimed round trips and execs per shim first")
-	fs.IntVar(&c.roundTrips, "roundtrips", 40, "timed ctr run --rm per shim")
-	fs.IntVar(&c.execs, "execs", 30, "timed ctr task exec per shim")
+	fs.IntVar(&c.roundTrips, "roundtrips", 60, "timed ctr run --rm per shim")
+	fs.IntVar(&c.execs, "execs", 40, "timed ctr task exec per shim")
 	fs.IntVar(&c.idle, "idle", 20, "idle containers per shim (memory, wakeups)")
 	fs.DurationVar(&c.idleWindow, "idle-window", 10*time.Second, "window over which idle context switches are counted")
 	fs.IntVar(&c.parallel, "parallel", 50, "containers started concurrently per round")
 	fs.IntVar(&c.parallelRuns, "parallel-rounds", 6, "parallel-start rounds per shim")
-	fs.IntVar(&c.ooms, "ooms", 16, "OOM runs per shim")
+	fs.IntVar(&c.ooms, "ooms", 40, "OOM runs per shim")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"syscall"
+
 	"oomshim/testkit"
 
 	"encoding/json"
@@ -12,12 +14,14 @@ import (
 	"strings"
 	"testing"
 
+	eventstypes "github.com/containerd/containerd/api/events"
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
 	apitypes "github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -169,38 +173,118 @@ func TestShimInfoFlag(t *testing.T) {
 	}
 }
 
-// TestRuncEnvironment: runc inherits nothing the shim machinery added to
-// the shim's environment: no GOMAXPROCS (containerd gives every shim
-// command one, the shim gives its server another, and runc is 10-15% slower
-// with fewer Ps than CPUs), no ready-pipe descriptor; whether the server or
-// the delete action runs it. A wrapper records runc's environment.
-func TestRuncEnvironment(t *testing.T) {
-	te := newTestEnv(t)
-	dir := t.TempDir()
+// runcWrapper writes a runc that records each call (its environment and
+// arguments) in dir and runs the real one.
+func runcWrapper(t *testing.T, te *testEnv, dir string) string {
+	t.Helper()
 	wrapper := filepath.Join(dir, "runc-wrapper")
 	script := fmt.Sprintf("#!/bin/sh\n{ env; echo \"ARGS=$*\"; } > %s/env.$$\nexec %s \"$@\"\n", dir, te.h.s.runc())
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	c := te.containerWith("wrapped", []client.NewContainerOpts{
-		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: wrapper}),
-	}, oci.WithProcessArgs("sleep", "1000"))
-	task, _ := te.startTask(c, te.io(nil, io.Discard, io.Discard))
-	te.destroyTask(task)
+	return wrapper
+}
+
+// runcCalls returns what runcWrapper recorded: one dump per call.
+func runcCalls(t *testing.T, dir string) [][]byte {
+	t.Helper()
 	dumps, _ := filepath.Glob(filepath.Join(dir, "env.*"))
-	if len(dumps) < 3 { // create, start, delete at least
-		t.Fatalf("runc wrapper ran %d times, want create, start and delete", len(dumps))
-	}
+	var out [][]byte
 	for _, d := range dumps {
 		raw, err := os.ReadFile(d)
 		if err != nil {
 			t.Fatal(err)
 		}
+		out = append(out, raw)
+	}
+	return out
+}
+
+// checkRuncEnvironment fails t for a call that inherited GOMAXPROCS (given
+// by containerd to every shim command, and by the shim to its server; runc
+// is 10-15% slower with fewer Ps than CPUs) or the ready-pipe variable.
+func checkRuncEnvironment(t *testing.T, calls [][]byte) {
+	t.Helper()
+	for _, raw := range calls {
 		for _, kv := range strings.Split(string(raw), "\n") {
 			if strings.HasPrefix(kv, "GOMAXPROCS=") || strings.HasPrefix(kv, "SHIM_READY_FD=") {
 				t.Errorf("runc ran with %s (%s)", kv, runcArgs(raw))
 			}
 		}
+	}
+}
+
+// TestRuncEnvironment: runc, as the server runs it, inherits nothing the
+// shim machinery added to the environment.
+func TestRuncEnvironment(t *testing.T) {
+	te := newTestEnv(t)
+	dir := t.TempDir()
+	c := te.containerWith("wrapped", []client.NewContainerOpts{
+		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: runcWrapper(t, te, dir)}),
+	}, oci.WithProcessArgs("sleep", "1000"))
+	task, _ := te.startTask(c, te.io(nil, io.Discard, io.Discard))
+	te.destroyTask(task)
+	calls := runcCalls(t, dir)
+	if len(calls) < 3 { // create, start, delete at least
+		t.Fatalf("runc wrapper ran %d times, want create, start and delete", len(calls))
+	}
+	checkRuncEnvironment(t, calls)
+}
+
+// TestShimKilled: when a shim dies with its container, containerd runs the
+// delete action, which force-deletes the container (runc still has its
+// state) and reports its init killed; nothing is left behind, and that runc
+// call too inherits no GOMAXPROCS.
+func TestShimKilled(t *testing.T) {
+	te := newTestEnv(t)
+	dir := t.TempDir()
+	c := te.containerWith("orphan", []client.NewContainerOpts{
+		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: runcWrapper(t, te, dir)}),
+	}, oci.WithProcessArgs("sleep", "1000"))
+	rec := te.recordEvents()
+	task, _ := te.startTask(c, te.io(nil, io.Discard, io.Discard))
+	var server *shimProc
+	for _, p := range te.h.shimProcesses() {
+		if p.NS == te.ns && p.Action == "" {
+			server = &p
+		}
+	}
+	if server == nil {
+		t.Fatal("no shim server for the task")
+	}
+	if err := syscall.Kill(server.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// containerd publishes the exit from the delete action's answer.
+	if _, err := rec.waitFor(te.ctx, "TaskExit of orphan", func(e recordedEvent) bool {
+		ev, ok := e.Event.(*eventstypes.TaskExit)
+		return ok && ev.ContainerID == "orphan"
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range rec.snapshot() {
+		if ev, ok := e.Event.(*eventstypes.TaskExit); ok && ev.ContainerID == "orphan" && ev.ExitStatus != 137 {
+			t.Errorf("TaskExit status %d after the shim was killed, want 137", ev.ExitStatus)
+		}
+	}
+	// containerd dropped the task with its shim; the client's fifos are
+	// the client's to remove.
+	if _, err := task.Delete(te.ctx); err == nil || !errdefs.IsNotFound(err) {
+		t.Errorf("delete of the task after its shim died: %v, want NotFound", err)
+	}
+	task.IO().Cancel()
+	task.IO().Close()
+	calls := runcCalls(t, dir)
+	forced := false
+	for _, raw := range calls {
+		forced = forced || strings.Contains(runcArgs(raw), "delete --force orphan")
+	}
+	if !forced {
+		t.Errorf("no runc delete --force orphan among %d runc calls", len(calls))
+	}
+	checkRuncEnvironment(t, calls)
+	if problems := te.h.leaksIn(te.ns); len(problems) > 0 {
+		t.Errorf("a killed shim left behind: %s", strings.Join(problems, "; "))
 	}
 }
 

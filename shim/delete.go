@@ -2,10 +2,15 @@ package shim
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
@@ -20,9 +25,11 @@ import (
 // deleteTimeout bounds the delete action's runc call.
 const deleteTimeout = 30 * time.Second
 
-// runDelete is the delete action: containerd runs it when a shim died with
-// its container. It force-deletes the runc container, unmounts the rootfs
-// and reports the init as killed.
+// runDelete is the delete action: containerd runs it whenever a shim's
+// connection closes, after a clean task delete as much as after a shim
+// died, and a task delete waits for it. It force-deletes the runc container
+// if the runtime still has state for it, unmounts the rootfs and reports
+// the init as killed.
 func runDelete(f flags, stdout io.Writer) error {
 	bundle := f.bundle
 	if bundle == "" {
@@ -39,12 +46,19 @@ func runDelete(f flags, stdout io.Writer) error {
 	cfg := runc.NewConfig(opts, f.namespace)
 	ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
 	defer cancel()
-	if err := cfg.Runtime(bundle).Delete(ctx, f.id, &gorunc.DeleteOpts{Force: true}); err != nil {
-		fmt.Fprintf(os.Stderr, "warning: %v\n", runc.WrapError("delete", bundle, err))
+	// After a clean delete the runtime has no state directory left for
+	// the container (<root>/<id>, as runc, crun and youki keep it), and
+	// `runc delete --force` would only cost its start-up, about 4 ms, on
+	// the path of every task delete.
+	if _, err := os.Stat(filepath.Join(cfg.Root, f.id)); !errors.Is(err, fs.ErrNotExist) {
+		if err := cfg.Runtime(bundle).Delete(ctx, f.id, &gorunc.DeleteOpts{Force: true}); err != nil {
+			fmt.Fprintf(os.Stderr, "warning: %v\n", runc.WrapError("delete", bundle, err))
+		}
 	}
 	if err := runc.UnmountAll(filepath.Join(bundle, "rootfs")); err != nil {
 		fmt.Fprintf(os.Stderr, "warning: %v\n", err)
 	}
+	removeDeadSocket(bundle)
 	pid, err := gorunc.ReadPidFile(filepath.Join(bundle, runc.InitPidFile))
 	if err != nil {
 		pid = 0
@@ -59,4 +73,35 @@ func runDelete(f flags, stdout io.Writer) error {
 	}
 	_, err = stdout.Write(data)
 	return err
+}
+
+// removeDeadSocket removes the socket of the bundle's shim (the address
+// containerd recorded in bootstrap.json) once nothing listens on it: a shim
+// killed with its container cannot remove it itself. A shim still serving
+// other containers of its group accepts the connection and keeps it.
+func removeDeadSocket(bundle string) {
+	data, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json"))
+	if err != nil {
+		return
+	}
+	var res struct {
+		Address string `json:"address"`
+	}
+	if json.Unmarshal(data, &res) != nil {
+		return
+	}
+	path, ok := strings.CutPrefix(res.Address, "unix://")
+	if !ok {
+		return
+	}
+	c, err := net.DialTimeout("unix", path, 100*time.Millisecond)
+	if err == nil {
+		c.Close()
+		return
+	}
+	if errors.Is(err, unix.ECONNREFUSED) {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			fmt.Fprintf(os.Stderr, "warning: remove dead shim socket: %v\n", err)
+		}
+	}
 }

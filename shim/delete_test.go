@@ -1,0 +1,98 @@
+package shim
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/runc/options"
+	"google.golang.org/protobuf/proto"
+
+	"oomshim/runc"
+)
+
+// TestDeleteActionRunsRuntimeOnlyWithState: containerd runs the delete
+// action after every shim disconnect; the runtime is called only while it
+// still has state for the container, and the answer is the same either way.
+func TestDeleteActionRunsRuntimeOnlyWithState(t *testing.T) {
+	for _, withState := range []bool{false, true} {
+		t.Run(fmt.Sprintf("state=%v", withState), func(t *testing.T) {
+			dir := t.TempDir()
+			bundle := filepath.Join(dir, "bundle")
+			root := filepath.Join(dir, "root")
+			calls := filepath.Join(dir, "calls")
+			fake := filepath.Join(dir, "fake-runc")
+			script := fmt.Sprintf("#!/bin/sh\necho \"$*\" >> %s\n", calls)
+			if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Join(bundle, "rootfs"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := runc.WriteOptions(bundle, &options.Options{BinaryName: fake, Root: root}); err != nil {
+				t.Fatal(err)
+			}
+			if withState {
+				if err := os.MkdirAll(filepath.Join(root, "ns", "c1"), 0o700); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var out bytes.Buffer
+			if err := runDelete(flags{id: "c1", namespace: "ns", bundle: bundle}, &out); err != nil {
+				t.Fatal(err)
+			}
+			var resp taskapi.DeleteResponse
+			if err := proto.Unmarshal(out.Bytes(), &resp); err != nil || resp.ExitStatus != 137 {
+				t.Fatalf("response %v (%v), want exit status 137", &resp, err)
+			}
+			got, _ := os.ReadFile(calls)
+			switch {
+			case withState && !strings.Contains(string(got), "delete --force c1"):
+				t.Fatalf("runtime calls %q, want a forced delete of c1", got)
+			case !withState && len(got) > 0:
+				t.Fatalf("runtime called without state: %q", got)
+			}
+		})
+	}
+}
+
+// TestRemoveDeadSocket: the delete action removes the socket a killed shim
+// left, and never the socket of a shim that still listens.
+func TestRemoveDeadSocket(t *testing.T) {
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle")
+	if err := os.MkdirAll(bundle, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "s")
+	writeBootstrap := func() {
+		data := fmt.Sprintf(`{"version":3,"address":"unix://%s","protocol":"ttrpc"}`, sock)
+		if err := os.WriteFile(filepath.Join(bundle, "bootstrap.json"), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeBootstrap()
+
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	removeDeadSocket(bundle)
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("socket of a listening shim removed: %v", err)
+	}
+	// A listener closed without unlinking is what a killed process leaves.
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	removeDeadSocket(bundle)
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("dead socket still there: %v", err)
+	}
+	removeDeadSocket(bundle) // gone already: nothing to do
+}
