@@ -185,6 +185,14 @@ func runcWrapper(t *testing.T, te *testEnv, dir string) string {
 	return wrapper
 }
 
+// wrappedContainer is a sleeping container whose runc is runcWrapper's.
+func wrappedContainer(t *testing.T, te *testEnv, dir, id string) client.Container {
+	t.Helper()
+	return te.containerWith(id, []client.NewContainerOpts{
+		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: runcWrapper(t, te, dir)}),
+	}, oci.WithProcessArgs("sleep", "1000"))
+}
+
 // runcCalls returns what runcWrapper recorded: one dump per call.
 func runcCalls(t *testing.T, dir string) [][]byte {
 	t.Helper()
@@ -219,9 +227,7 @@ func checkRuncEnvironment(t *testing.T, calls [][]byte) {
 func TestRuncEnvironment(t *testing.T) {
 	te := newTestEnv(t)
 	dir := t.TempDir()
-	c := te.containerWith("wrapped", []client.NewContainerOpts{
-		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: runcWrapper(t, te, dir)}),
-	}, oci.WithProcessArgs("sleep", "1000"))
+	c := wrappedContainer(t, te, dir, "wrapped")
 	task, _ := te.startTask(c, te.io(nil, io.Discard, io.Discard))
 	te.destroyTask(task)
 	calls := runcCalls(t, dir)
@@ -238,9 +244,7 @@ func TestRuncEnvironment(t *testing.T) {
 func TestShimKilled(t *testing.T) {
 	te := newTestEnv(t)
 	dir := t.TempDir()
-	c := te.containerWith("orphan", []client.NewContainerOpts{
-		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: runcWrapper(t, te, dir)}),
-	}, oci.WithProcessArgs("sleep", "1000"))
+	c := wrappedContainer(t, te, dir, "orphan")
 	rec := te.recordEvents()
 	task, _ := te.startTask(c, te.io(nil, io.Discard, io.Discard))
 	var server *shimProc

@@ -204,22 +204,34 @@ func (w *Watcher) Add(id, dir string, v2 bool) (err error) {
 	return nil
 }
 
+// lazyFd returns the descriptor in slot, first making it with open and
+// adding it to the epoll set. w.mu is held.
+func (w *Watcher) lazyFd(slot *atomic.Int32, what string, open func() (int, error)) (int, error) {
+	if fd := int(slot.Load()); fd >= 0 {
+		return fd, nil
+	}
+	fd, err := open()
+	if err != nil {
+		return -1, fmt.Errorf("oom: %s: %w", what, err)
+	}
+	if err := w.epollCtl(unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("oom: epoll add %s: %w", what, err)
+	}
+	slot.Store(int32(fd))
+	return fd, nil
+}
+
 // addInotify watches wt's files. The inotify instance is made on the first
 // v2 watch only: a cgroup v1 host needs none, and instances are limited per
 // user (fs.inotify.max_user_instances, often 128).
 func (w *Watcher) addInotify(wt *watch) error {
-	if w.ino.Load() < 0 {
-		ino, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
-		if err != nil {
-			return fmt.Errorf("oom: inotify: %w", err)
-		}
-		if err := w.epollCtl(unix.EPOLL_CTL_ADD, ino, unix.EPOLLIN); err != nil {
-			unix.Close(ino)
-			return fmt.Errorf("oom: epoll add inotify: %w", err)
-		}
-		w.ino.Store(int32(ino))
+	ino, err := w.lazyFd(&w.ino, "inotify", func() (int, error) {
+		return unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	})
+	if err != nil {
+		return err
 	}
-	ino := int(w.ino.Load())
 	// cgroup.events changes when the last process leaves: the moment to
 	// look again even if memory.events' own notification lags.
 	for _, name := range []string{"memory.events", "cgroup.events"} {
@@ -237,17 +249,13 @@ func (w *Watcher) addInotify(wt *watch) error {
 	return nil
 }
 
+// addEventfd registers an eventfd on wt's memory.oom_control. The re-read
+// timer is made with the first v1 watch.
 func (w *Watcher) addEventfd(wt *watch) error {
-	if w.timer.Load() < 0 {
-		tfd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC|unix.TFD_NONBLOCK)
-		if err != nil {
-			return fmt.Errorf("oom: timerfd: %w", err)
-		}
-		if err := w.epollCtl(unix.EPOLL_CTL_ADD, tfd, unix.EPOLLIN); err != nil {
-			unix.Close(tfd)
-			return fmt.Errorf("oom: epoll add timerfd: %w", err)
-		}
-		w.timer.Store(int32(tfd))
+	if _, err := w.lazyFd(&w.timer, "timerfd", func() (int, error) {
+		return unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC|unix.TFD_NONBLOCK)
+	}); err != nil {
+		return err
 	}
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {

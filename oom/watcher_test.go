@@ -261,24 +261,33 @@ func TestCloseStopsGoroutine(t *testing.T) {
 	}
 }
 
-// cgroup v1 signals the eventfd when the memcg enters OOM, before oom_kill
-// counts the kill: the watcher looks again shortly and reports the kill
-// once it is counted, once, even if the kernel signals more than once.
-func TestV1NotificationBeforeCount(t *testing.T) {
-	w, events := newWatcher(t)
-	dir := fakeCgroup(t, false)
+// watchV1 watches container c1 in a fake cgroup v1 directory; notify
+// signals its eventfd as the kernel does when the memory cgroup enters OOM.
+func watchV1(t *testing.T) (w *Watcher, events chan Event, dir string, notify func()) {
+	t.Helper()
+	w, events = newWatcher(t)
+	dir = fakeCgroup(t, false)
 	if err := w.Add("c1", dir, false); err != nil {
 		t.Fatal(err)
 	}
 	w.mu.Lock()
 	efd := w.byID["c1"].efd
 	w.mu.Unlock()
-	one := [8]byte{1}
-	for i := 0; i < 2; i++ { // what the kernel does, here twice for one OOM
+	return w, events, dir, func() {
+		one := [8]byte{1}
 		if _, err := unix.Write(efd, one[:]); err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+// cgroup v1 signals the eventfd when the memcg enters OOM, before oom_kill
+// counts the kill: the watcher looks again shortly and reports the kill
+// once it is counted, once, even if the kernel signals more than once.
+func TestV1NotificationBeforeCount(t *testing.T) {
+	w, events, dir, notify := watchV1(t)
+	notify() // what the kernel does, here twice for one OOM
+	notify()
 	writeOOMControl(t, dir, 1) // the kill is counted after the signal
 	expect(t, events, Event{ID: "c1", Cgroup: dir, OOMKill: 1, Kills: 1, Level: LevelAncestor})
 	if _, err := w.Stop("c1"); err != nil {
@@ -291,18 +300,8 @@ func TestV1NotificationBeforeCount(t *testing.T) {
 // (here 30 ms after the notification) is still reported by the slower ones,
 // once; then the timer is left disarmed.
 func TestV1CountAfterFastRereads(t *testing.T) {
-	w, events := newWatcher(t)
-	dir := fakeCgroup(t, false)
-	if err := w.Add("c1", dir, false); err != nil {
-		t.Fatal(err)
-	}
-	w.mu.Lock()
-	efd := w.byID["c1"].efd
-	w.mu.Unlock()
-	one := [8]byte{1}
-	if _, err := unix.Write(efd, one[:]); err != nil {
-		t.Fatal(err)
-	}
+	w, events, dir, notify := watchV1(t)
+	notify()
 	time.Sleep(30 * time.Millisecond)
 	none(t, events)
 	writeOOMControl(t, dir, 1)
