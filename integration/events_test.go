@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/v2/client"
 )
 
 // TestEventSequence: one simple run publishes exactly create, start, exit,
@@ -26,18 +27,7 @@ func TestEventSequence(t *testing.T) {
 		if _, err := rec.waitFor(te.ctx, "/tasks/exit", func(e recordedEvent) bool { return e.Topic == "/tasks/exit" }); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := task.Delete(te.ctx); err != nil {
-			t.Fatalf("delete: %v", err)
-		}
-		events, err := rec.mark(te.ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tasks := taskEvents(events)
-		want := []string{"/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"}
-		if !slices.Equal(topics(tasks), want) {
-			t.Fatalf("task events %s, want topics %v", rec.summary(tasks), want)
-		}
+		tasks := te.deleteAndExpectTopics(rec, task, "/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete")
 		for _, e := range tasks {
 			if id := containerOf(e); id != "simple" {
 				t.Errorf("%s names container %q, want %q", e, id, "simple")
@@ -76,19 +66,8 @@ func TestEventSequence(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := task.Delete(te.ctx); err != nil {
-			t.Fatalf("delete: %v", err)
-		}
-		events, err := rec.mark(te.ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tasks := taskEvents(events)
-		want := []string{"/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started",
-			"/tasks/exit", "/tasks/exit", "/tasks/delete"}
-		if !slices.Equal(topics(tasks), want) {
-			t.Fatalf("task events %s, want topics %v", rec.summary(tasks), want)
-		}
+		tasks := te.deleteAndExpectTopics(rec, task, "/tasks/create", "/tasks/start", "/tasks/exec-added",
+			"/tasks/exec-started", "/tasks/exit", "/tasks/exit", "/tasks/delete")
 		if ex := tasks[4].Event.(*eventstypes.TaskExit); ex.ID != "ex1" || ex.ExitStatus != 2 {
 			t.Errorf("first exit %s: want the exec ex1 with status 2", tasks[4])
 		}
@@ -123,4 +102,23 @@ func containerOf(e recordedEvent) string {
 		return ev.ContainerID
 	}
 	return ""
+}
+
+// deleteAndExpectTopics deletes task and fails the test unless the task
+// events recorded since the last mark have exactly the topics want, in
+// order. It returns those events.
+func (te *testEnv) deleteAndExpectTopics(rec *recorder, task client.Task, want ...string) []recordedEvent {
+	te.t.Helper()
+	if _, err := task.Delete(te.ctx); err != nil {
+		te.t.Fatalf("delete: %v", err)
+	}
+	events, err := rec.mark(te.ctx)
+	if err != nil {
+		te.t.Fatal(err)
+	}
+	tasks := taskEvents(events)
+	if !slices.Equal(topics(tasks), want) {
+		te.t.Fatalf("task events %s, want topics %v", rec.summary(tasks), want)
+	}
+	return tasks
 }

@@ -170,11 +170,7 @@ func TestOOMStress(t *testing.T) {
 	// TaskStart (runc start returns after the process runs).
 	t.Logf("informational: TaskOOM published before the container's TaskStart in %d runs", oomBeforeStart)
 
-	report := func(what string, list []string) {
-		if len(list) > 0 {
-			t.Errorf("%s: %d of %d runs, e.g. %s", what, len(list), n, strings.Join(firstN(list, 10), ", "))
-		}
-	}
+	report := reporter(t, n, "runs")
 	report("run failed", failed)
 	report("Wait's exit status is not 137", wrongCode)
 	report("TaskOOM missing", missingOOM)

@@ -121,11 +121,7 @@ func TestStressRunRm(t *testing.T) {
 	t.Logf("ctr failures %d; TaskExit missing %d, duplicated %d; TaskDelete missing %d, duplicated %d; TaskExit after TaskDelete %d; stray events %d",
 		len(failures), len(missingExit), len(dupExit), len(missingDel), len(dupDel), len(misordered), len(strays))
 
-	report := func(what string, list []string) {
-		if len(list) > 0 {
-			t.Errorf("%s: %d of %d containers, e.g. %s", what, len(list), cycles, strings.Join(firstN(list, 10), ", "))
-		}
-	}
+	report := reporter(t, cycles, "containers")
 	report("ctr run --rm failed", failures)
 	report("TaskExit missing", missingExit)
 	report("TaskExit published more than once", dupExit)
@@ -151,4 +147,15 @@ func stripCtrNoise(out string) string {
 		}
 	}
 	return strings.Join(keep, "\n")
+}
+
+// reporter returns a function that fails t for a non-empty list of what went
+// wrong, naming up to 10 entries; n is how many units were tried.
+func reporter(t *testing.T, n int, units string) func(what string, list []string) {
+	return func(what string, list []string) {
+		t.Helper()
+		if len(list) > 0 {
+			t.Errorf("%s: %d of %d %s, e.g. %s", what, len(list), n, units, strings.Join(firstN(list, 10), ", "))
+		}
+	}
 }

@@ -20,6 +20,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/scripts/lib.sh"
 TOOLS_DIR="${TOOLS_DIR:-$ROOT/.tools}"
 BIN="$TOOLS_DIR/bin"
 
@@ -85,22 +86,7 @@ install_debian_packages() {
 		log "SKIP_APT=1: not checking Debian packages"
 		return
 	fi
-	local missing=()
-	for pkg in "${DEBIAN_PACKAGES[@]}"; do
-		dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-	done
-	if ((${#missing[@]} == 0)); then
-		log "Debian packages present: ${DEBIAN_PACKAGES[*]}"
-		return
-	fi
-	if [[ $(id -u) -ne 0 ]]; then
-		log "missing Debian packages (${missing[*]}) and not root: install them by hand"
-		exit 1
-	fi
-	log "apt-get install ${missing[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	apt_install_missing "${DEBIAN_PACKAGES[@]}"
 }
 
 install_debian_packages

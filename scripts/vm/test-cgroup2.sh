@@ -16,26 +16,11 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$HERE/lib.sh"
+. "$HERE/../lib.sh"
 
 DEBIAN_PACKAGES=(qemu-system-x86 linux-image-amd64)
 
 log() { printf '[vm] %s\n' "$*" >&2; }
-
-ensure_packages() {
-	local missing=() pkg
-	for pkg in "${DEBIAN_PACKAGES[@]}"; do
-		dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-	done
-	((${#missing[@]})) || return 0
-	if [[ $(id -u) -ne 0 ]]; then
-		log "missing Debian packages (${missing[*]}) and not root: install them by hand"
-		exit 1
-	fi
-	log "apt-get install ${missing[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
 
 [[ $(id -u) -eq 0 ]] || { log "the cgroup2 lane needs root (apt, mknod in the initramfs)"; exit 1; }
 export SHIM_BINARY="${SHIM_BINARY:-$ROOT/bin/containerd-shim-runc-v2}"
@@ -48,7 +33,7 @@ if ldd "$SHIM_BINARY" >/dev/null 2>&1; then
 fi
 
 lane_start=$SECONDS
-ensure_packages
+apt_install_missing "${DEBIAN_PACKAGES[@]}"
 "$HERE/build-tools.sh"
 "$HERE/build-initramfs.sh"
 rc=0
