@@ -76,6 +76,12 @@ func TestBadInputDirect(t *testing.T) {
 		wantCode(t, "Delete of an unknown id, want NotFound", err, errdefs.IsNotFound)
 		_, err = s.task.State(te.ctx, &taskv3.StateRequest{ID: "victim", ExecID: "nope"})
 		wantCode(t, "State of an unknown exec of an unknown task, want NotFound", err, errdefs.IsNotFound)
+		_, err = s.task.Pause(te.ctx, &taskv3.PauseRequest{ID: "nope"})
+		wantCode(t, "Pause of an unknown id, want NotFound", err, errdefs.IsNotFound)
+		_, err = s.task.Resume(te.ctx, &taskv3.ResumeRequest{ID: "nope"})
+		wantCode(t, "Resume of an unknown id, want NotFound", err, errdefs.IsNotFound)
+		_, err = s.task.Update(te.ctx, &taskv3.UpdateTaskRequest{ID: "nope"})
+		wantCode(t, "Update of an unknown id, want NotFound", err, errdefs.IsNotFound)
 		alive(t, "requests for unknown ids")
 	})
 

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/containerd/containerd/api/types"
 	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"oomshim/runc"
 )
@@ -31,6 +33,7 @@ type Init struct {
 	config  runc.Config
 	runtime *gorunc.Runc
 	cgroup  *runc.Cgroup // set by Create
+	freeze  sync.Mutex   // one Pause or Resume at a time
 }
 
 // NewInit returns an init process in state Created; Create makes it real.
@@ -155,6 +158,55 @@ func (p *Init) Kill(ctx context.Context, sig int, all bool) error {
 			return ErrExited
 		}
 		return runc.WrapError("kill", p.bundle, err)
+	}
+	return nil
+}
+
+// Pause freezes the running container with `runc pause`.
+func (p *Init) Pause(ctx context.Context) error {
+	return p.setFrozen(ctx, true)
+}
+
+// Resume thaws the paused container with `runc resume`.
+func (p *Init) Resume(ctx context.Context) error {
+	return p.setFrozen(ctx, false)
+}
+
+func (p *Init) setFrozen(ctx context.Context, frozen bool) error {
+	p.freeze.Lock()
+	defer p.freeze.Unlock()
+	from, to, op, run := Paused, Running, "resume", p.runtime.Resume
+	if frozen {
+		from, to, op, run = Running, Paused, "pause", p.runtime.Pause
+	}
+	if err := transition(p.Status(), to); err != nil {
+		return err
+	}
+	if err := run(ctx, p.id); err != nil {
+		if s := p.Status(); s == Stopped || s == Deleted {
+			return ErrExited
+		}
+		return runc.WrapError(op, p.bundle, err)
+	}
+	p.mu.Lock()
+	if p.status == from { // not reaped meanwhile
+		p.status = to
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// Update sets the container's cgroup resources with `runc update` while it
+// is created or running.
+func (p *Init) Update(ctx context.Context, r *specs.LinuxResources) error {
+	if s := p.Status(); s == Stopped || s == Deleted {
+		return ErrExited
+	}
+	if err := p.runtime.Update(ctx, p.id, r); err != nil {
+		if s := p.Status(); s == Stopped || s == Deleted {
+			return ErrExited
+		}
+		return runc.WrapError("update", p.bundle, err)
 	}
 	return nil
 }

@@ -16,6 +16,8 @@ const (
 	Created Status = iota + 1
 	// Running: started and not yet reaped.
 	Running
+	// Paused: an init whose container runc froze; Resume thaws it.
+	Paused
 	// Stopped: reaped; its exit status is known.
 	Stopped
 	// Deleted: its resources are released; it answers nothing but errors.
@@ -28,6 +30,8 @@ func (s Status) String() string {
 		return "created"
 	case Running:
 		return "running"
+	case Paused:
+		return "paused"
 	case Stopped:
 		return "stopped"
 	case Deleted:
@@ -53,10 +57,12 @@ func (e *TransitionError) Unwrap() error { return ErrInvalidTransition }
 // allowed lists every valid transition. Created -> Stopped is a process
 // reaped before it was started (killed, or OOM-killed, between create and
 // start). Running -> Deleted is not allowed: a running process is killed
-// and reaped first.
+// and reaped first. Paused -> Stopped is a paused container killed (runc
+// thaws it to deliver SIGKILL).
 var allowed = map[Status][]Status{
 	Created: {Running, Stopped, Deleted},
-	Running: {Stopped},
+	Running: {Paused, Stopped},
+	Paused:  {Running, Stopped},
 	Stopped: {Deleted},
 }
 

@@ -6,12 +6,15 @@ import (
 )
 
 func TestTransitions(t *testing.T) {
-	all := []Status{Created, Running, Stopped, Deleted}
+	all := []Status{Created, Running, Paused, Stopped, Deleted}
 	valid := map[[2]Status]bool{
 		{Created, Running}: true,
 		{Created, Stopped}: true,
 		{Created, Deleted}: true,
+		{Running, Paused}:  true,
 		{Running, Stopped}: true,
+		{Paused, Running}:  true,
+		{Paused, Stopped}:  true,
 		{Stopped, Deleted}: true,
 	}
 	for _, from := range all {
@@ -37,7 +40,7 @@ func TestTransitions(t *testing.T) {
 }
 
 func TestStatusString(t *testing.T) {
-	for s, want := range map[Status]string{Created: "created", Running: "running", Stopped: "stopped", Deleted: "deleted", 0: "status(0)"} {
+	for s, want := range map[Status]string{Created: "created", Running: "running", Paused: "paused", Stopped: "stopped", Deleted: "deleted", 0: "status(0)"} {
 		if got := s.String(); got != want {
 			t.Errorf("Status(%d).String() = %q, want %q", int(s), got, want)
 		}

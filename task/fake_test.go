@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	gorunc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"oomshim/process"
 	"oomshim/runc"
@@ -49,6 +50,9 @@ func (f *fakeProc) State() process.State {
 func (f *fakeProc) SetExited(e process.Exit, published <-chan struct{}) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.st != process.Created && f.st != process.Running && f.st != process.Paused {
+		return &process.TransitionError{From: f.st, To: process.Stopped}
+	}
 	f.st, f.ex, f.published = process.Stopped, e, published
 	close(f.exited)
 	return nil
@@ -87,7 +91,7 @@ func (f *fakeProc) start() {
 func (f *fakeProc) del() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.st == process.Running {
+	if f.st == process.Running || f.st == process.Paused {
 		return &process.TransitionError{From: f.st, To: process.Deleted}
 	}
 	f.st = process.Deleted
@@ -96,7 +100,8 @@ func (f *fakeProc) del() error {
 
 type fakeInit struct {
 	*fakeProc
-	bundle string
+	bundle  string
+	updates []*specs.LinuxResources // what Update was given
 }
 
 func (f *fakeInit) Bundle() string                   { return f.bundle }
@@ -119,6 +124,30 @@ func (f *fakeInit) Kill(ctx context.Context, sig int, all bool) error {
 }
 func (f *fakeInit) Pids(ctx context.Context) ([]int, error) { return []int{f.Pid()}, nil }
 func (f *fakeInit) Delete(ctx context.Context) error        { return f.del() }
+func (f *fakeInit) Pause(ctx context.Context) error {
+	return f.setStatus(process.Running, process.Paused)
+}
+func (f *fakeInit) Resume(ctx context.Context) error {
+	return f.setStatus(process.Paused, process.Running)
+}
+func (f *fakeInit) setStatus(from, to process.Status) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.st != from {
+		return &process.TransitionError{From: f.st, To: to}
+	}
+	f.st = to
+	return nil
+}
+func (f *fakeInit) Update(ctx context.Context, r *specs.LinuxResources) error {
+	if s := f.Status(); s == process.Stopped || s == process.Deleted {
+		return process.ErrExited
+	}
+	f.mu.Lock()
+	f.updates = append(f.updates, r)
+	f.mu.Unlock()
+	return nil
+}
 
 type fakeExec struct{ *fakeProc }
 

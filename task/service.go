@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -41,6 +42,9 @@ type initProcess interface {
 	Start(ctx context.Context) error
 	Kill(ctx context.Context, sig int, all bool) error
 	Pids(ctx context.Context) ([]int, error)
+	Update(ctx context.Context, r *specs.LinuxResources) error
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
 	Delete(ctx context.Context) error
 }
 
@@ -280,6 +284,9 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (_ *taskap
 		}
 		return &taskapi.StartResponse{Pid: uint32(pid)}, nil
 	}
+	if st := c.init.Status(); st == process.Paused {
+		return nil, fmt.Errorf("start exec in a paused container: %w", errdefs.ErrFailedPrecondition)
+	}
 	s.beginStart(0)
 	pid, err := e.Start(ctx)
 	if err != nil {
@@ -413,6 +420,8 @@ func (s *Service) State(ctx context.Context, r *taskapi.StateRequest) (_ *taskap
 		resp.Status = tasktypes.Status_CREATED
 	case process.Running:
 		resp.Status = tasktypes.Status_RUNNING
+	case process.Paused:
+		resp.Status = tasktypes.Status_PAUSED
 	case process.Stopped:
 		resp.Status = tasktypes.Status_STOPPED
 		resp.ExitStatus = uint32(st.Exit.Status)

@@ -11,10 +11,12 @@ import (
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runc/options"
+	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"oomshim/event"
 	"oomshim/process"
@@ -318,8 +320,8 @@ func TestErrorCodes(t *testing.T) {
 			_, err := h.svc.Exec(ctx, &taskapi.ExecProcessRequest{ID: "c1", ExecID: "e"})
 			return err
 		}, errdefs.IsInvalidArgument},
-		{"pause", func() error {
-			_, err := h.svc.Pause(ctx, &taskapi.PauseRequest{ID: "c1"})
+		{"checkpoint", func() error {
+			_, err := h.svc.Checkpoint(ctx, &taskapi.CheckpointTaskRequest{ID: "c1"})
 			return err
 		}, errdefs.IsNotImplemented},
 	} {
@@ -354,4 +356,122 @@ func TestDeadInitNotReRegistered(t *testing.T) {
 	}
 	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)}) // a stranger with the same pid
 	h.want("/tasks/create", "/tasks/exit")
+}
+
+// Update hands the decoded resources to the init; bad resources are
+// InvalidArgument, an unknown or exited container NotFound (CRI's "task
+// already gone").
+func TestUpdate(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	init := h.create("c1")
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	code := func(err error) error { return errgrpc.ToNative(err) }
+
+	limit, shares := int64(48<<20), uint64(512)
+	res, err := typeurl.MarshalAnyToProto(&specs.LinuxResources{
+		Memory: &specs.LinuxMemory{Limit: &limit},
+		CPU:    &specs.LinuxCPU{Shares: &shares},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetTypeUrl() != "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources" {
+		t.Fatalf("type URL %q is not the one containerd sends", res.GetTypeUrl())
+	}
+	if _, err := h.svc.Update(ctx, &taskapi.UpdateTaskRequest{ID: "c1", Resources: res}); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	if len(init.updates) != 1 || *init.updates[0].Memory.Limit != limit || *init.updates[0].CPU.Shares != shares {
+		t.Fatalf("init got %+v", init.updates)
+	}
+
+	proc, _ := typeurl.MarshalAnyToProto(&specs.Process{Args: []string{"true"}})
+	for _, tc := range []struct {
+		name string
+		req  *taskapi.UpdateTaskRequest
+		is   func(error) bool
+	}{
+		{"unknown id", &taskapi.UpdateTaskRequest{ID: "nope", Resources: res}, errdefs.IsNotFound},
+		{"no resources", &taskapi.UpdateTaskRequest{ID: "c1"}, errdefs.IsInvalidArgument},
+		{"process spec as resources", &taskapi.UpdateTaskRequest{ID: "c1", Resources: proc}, errdefs.IsInvalidArgument},
+		{"malformed resources", &taskapi.UpdateTaskRequest{ID: "c1", Resources: &anypb.Any{TypeUrl: res.TypeUrl, Value: []byte("{")}}, errdefs.IsInvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := h.svc.Update(ctx, tc.req); err == nil || !tc.is(code(err)) {
+				t.Fatalf("got %v", err)
+			}
+		})
+	}
+	if len(init.updates) != 1 {
+		t.Fatalf("a refused update reached the init: %+v", init.updates)
+	}
+
+	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
+	h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
+	if _, err := h.svc.Update(ctx, &taskapi.UpdateTaskRequest{ID: "c1", Resources: res}); !errdefs.IsNotFound(code(err)) {
+		t.Fatalf("update of an exited container: %v, want NotFound", err)
+	}
+}
+
+// Pause and Resume move the init between running and paused with their
+// events; a paused container refuses exec starts and Delete, and its exit
+// is still recorded and published.
+func TestPauseResume(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	code := func(err error) error { return errgrpc.ToNative(err) }
+	init := h.create("c1")
+	if _, err := h.svc.Pause(ctx, &taskapi.PauseRequest{ID: "c1"}); !errdefs.IsFailedPrecondition(code(err)) {
+		t.Fatalf("pause of a created container: %v, want FailedPrecondition", err)
+	}
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	if _, err := h.svc.Resume(ctx, &taskapi.ResumeRequest{ID: "c1"}); !errdefs.IsFailedPrecondition(code(err)) {
+		t.Fatalf("resume of a running container: %v, want FailedPrecondition", err)
+	}
+	if _, err := h.svc.Pause(ctx, &taskapi.PauseRequest{ID: "nope"}); !errdefs.IsNotFound(code(err)) {
+		t.Fatalf("pause of an unknown container: %v, want NotFound", err)
+	}
+	spec, _ := typeurl.MarshalAnyToProto(&specs.Process{Args: []string{"true"}})
+	if _, err := h.svc.Exec(ctx, &taskapi.ExecProcessRequest{ID: "c1", ExecID: "e1", Spec: spec}); err != nil {
+		t.Fatalf("exec: %v", err)
+	}
+
+	if _, err := h.svc.Pause(ctx, &taskapi.PauseRequest{ID: "c1"}); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	st, err := h.svc.State(ctx, &taskapi.StateRequest{ID: "c1"})
+	if err != nil || st.Status != tasktypes.Status_PAUSED {
+		t.Fatalf("state of a paused container: %v %v", st, err)
+	}
+	for name, call := range map[string]func() error{
+		"pause again": func() error { _, err := h.svc.Pause(ctx, &taskapi.PauseRequest{ID: "c1"}); return err },
+		"start exec":  func() error { _, err := h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"}); return err },
+		"new exec": func() error {
+			_, err := h.svc.Exec(ctx, &taskapi.ExecProcessRequest{ID: "c1", ExecID: "e2", Spec: spec})
+			return err
+		},
+		"delete": func() error { _, err := h.svc.Delete(ctx, &taskapi.DeleteRequest{ID: "c1"}); return err },
+	} {
+		if err := call(); !errdefs.IsFailedPrecondition(code(err)) {
+			t.Errorf("%s while paused: %v, want FailedPrecondition", name, err)
+		}
+	}
+	if _, err := h.svc.Resume(ctx, &taskapi.ResumeRequest{ID: "c1"}); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if st, _ := h.svc.State(ctx, &taskapi.StateRequest{ID: "c1"}); st.Status != tasktypes.Status_RUNNING {
+		t.Fatalf("state after resume: %v", st.Status)
+	}
+
+	// Killed while paused: the exit is recorded and published as usual.
+	if _, err := h.svc.Pause(ctx, &taskapi.PauseRequest{ID: "c1"}); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 137)})
+	w, err := h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
+	if err != nil || w.ExitStatus != 137 {
+		t.Fatalf("wait after an exit while paused: %v %v", w, err)
+	}
+	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/paused", "/tasks/resumed", "/tasks/paused", "/tasks/exit")
 }

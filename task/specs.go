@@ -16,9 +16,11 @@ import (
 )
 
 func init() {
-	// The type URL containerd gives the JSON process spec of an exec.
-	typeurl.Register(&specs.Process{}, "types.containerd.io", "opencontainers/runtime-spec",
-		strconv.Itoa(specs.VersionMajor), "Process")
+	major := strconv.Itoa(specs.VersionMajor)
+	// The type URLs containerd gives the JSON process spec of an exec and
+	// the resources of an Update.
+	typeurl.Register(&specs.Process{}, "types.containerd.io", "opencontainers/runtime-spec", major, "Process")
+	typeurl.Register(&specs.LinuxResources{}, "types.containerd.io", "opencontainers/runtime-spec", major, "LinuxResources")
 }
 
 // checkBundle verifies that bundle is an absolute directory holding a
@@ -54,15 +56,7 @@ func runtimeOptions(a *anypb.Any) (*options.Options, error) {
 	if a == nil || a.GetTypeUrl() == "" {
 		return nil, nil
 	}
-	v, err := typeurl.UnmarshalAny(a)
-	if err != nil {
-		return nil, fmt.Errorf("decode runtime options: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	opts, ok := v.(*options.Options)
-	if !ok {
-		return nil, fmt.Errorf("runtime options of type %s, want containerd.runc.v1.Options: %w", a.GetTypeUrl(), errdefs.ErrInvalidArgument)
-	}
-	return opts, nil
+	return decodeAny[*options.Options](a, "runtime options", "containerd.runc.v1.Options")
 }
 
 // processSpec decodes an exec's OCI process spec.
@@ -70,16 +64,35 @@ func processSpec(a *anypb.Any) (*specs.Process, error) {
 	if a == nil {
 		return nil, fmt.Errorf("exec without a process spec: %w", errdefs.ErrInvalidArgument)
 	}
-	v, err := typeurl.UnmarshalAny(a)
+	p, err := decodeAny[*specs.Process](a, "process spec", "a runtime-spec Process")
 	if err != nil {
-		return nil, fmt.Errorf("decode process spec: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	p, ok := v.(*specs.Process)
-	if !ok {
-		return nil, fmt.Errorf("process spec of type %s: %w", a.GetTypeUrl(), errdefs.ErrInvalidArgument)
+		return nil, err
 	}
 	if len(p.Args) == 0 && p.CommandLine == "" {
 		return nil, fmt.Errorf("process spec has no args: %w", errdefs.ErrInvalidArgument)
 	}
 	return p, nil
+}
+
+// linuxResources decodes the resources of an Update.
+func linuxResources(a *anypb.Any) (*specs.LinuxResources, error) {
+	if a == nil || a.GetTypeUrl() == "" {
+		return nil, fmt.Errorf("update without resources: %w", errdefs.ErrInvalidArgument)
+	}
+	return decodeAny[*specs.LinuxResources](a, "resources", "a runtime-spec LinuxResources")
+}
+
+// decodeAny decodes a into the type registered for its URL, which must be
+// T; anything else is InvalidArgument.
+func decodeAny[T any](a *anypb.Any, what, want string) (T, error) {
+	var zero T
+	v, err := typeurl.UnmarshalAny(a)
+	if err != nil {
+		return zero, fmt.Errorf("decode %s: %v: %w", what, err, errdefs.ErrInvalidArgument)
+	}
+	t, ok := v.(T)
+	if !ok {
+		return zero, fmt.Errorf("%s of type %s, want %s: %w", what, a.GetTypeUrl(), want, errdefs.ErrInvalidArgument)
+	}
+	return t, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	eventstypes "github.com/containerd/containerd/api/events"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -46,14 +47,40 @@ func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*
 	return nil, toGRPC(fmt.Errorf("resize pty: %w", errdefs.ErrNotImplemented))
 }
 
-// Pause is not served yet.
+// Pause freezes a running container (`runc pause`) and publishes
+// TaskPaused. While paused, execs cannot start and the container cannot be
+// deleted; it can be killed, resumed and updated.
 func (s *Service) Pause(ctx context.Context, r *taskapi.PauseRequest) (*emptypb.Empty, error) {
-	return nil, toGRPC(fmt.Errorf("pause: %w", errdefs.ErrNotImplemented))
+	return s.setFrozen(ctx, r.ID, true)
 }
 
-// Resume is not served yet.
+// Resume thaws a paused container (`runc resume`) and publishes
+// TaskResumed.
 func (s *Service) Resume(ctx context.Context, r *taskapi.ResumeRequest) (*emptypb.Empty, error) {
-	return nil, toGRPC(fmt.Errorf("resume: %w", errdefs.ErrNotImplemented))
+	return s.setFrozen(ctx, r.ID, false)
+}
+
+func (s *Service) setFrozen(ctx context.Context, id string, frozen bool) (_ *emptypb.Empty, retErr error) {
+	ctx = withIDs(ctx, id, "")
+	defer func() { retErr = toGRPC(retErr) }()
+	c, err := s.get(id)
+	if err != nil {
+		return nil, err
+	}
+	if frozen {
+		err = c.init.Pause(ctx)
+	} else {
+		err = c.init.Resume(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if frozen {
+		s.queue(ctx, "/tasks/paused", &eventstypes.TaskPaused{ContainerID: id})
+	} else {
+		s.queue(ctx, "/tasks/resumed", &eventstypes.TaskResumed{ContainerID: id})
+	}
+	return &emptypb.Empty{}, nil
 }
 
 // Checkpoint is not served yet.
@@ -61,7 +88,23 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskReque
 	return nil, toGRPC(fmt.Errorf("checkpoint: %w", errdefs.ErrNotImplemented))
 }
 
-// Update is not served yet.
-func (s *Service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*emptypb.Empty, error) {
-	return nil, toGRPC(fmt.Errorf("update: %w", errdefs.ErrNotImplemented))
+// Update sets the container's cgroup resources (`runc update`), as CRI's
+// UpdateContainerResources asks for kubelet's CPU manager and in-place pod
+// resize. An exited container answers NotFound, which CRI takes as "task
+// already gone". Annotations are not used by runc and are ignored.
+func (s *Service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (_ *emptypb.Empty, retErr error) {
+	ctx = withIDs(ctx, r.ID, "")
+	defer func() { retErr = toGRPC(retErr) }()
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	res, err := linuxResources(r.Resources)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.init.Update(ctx, res); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
 }
