@@ -248,17 +248,37 @@ func (b *syncBuffer) Len() int {
 
 // waitLen waits until at least n bytes were written.
 func (b *syncBuffer) waitLen(ctx context.Context, n int) error {
+	return b.wait(ctx, func(buf []byte) error {
+		if len(buf) >= n {
+			return nil
+		}
+		return fmt.Errorf("have %d of %d bytes", len(buf), n)
+	})
+}
+
+// waitFor waits until s was written.
+func (b *syncBuffer) waitFor(ctx context.Context, s string) error {
+	return b.wait(ctx, func(buf []byte) error {
+		if bytes.Contains(buf, []byte(s)) {
+			return nil
+		}
+		return fmt.Errorf("no %q in %d bytes", s, len(buf))
+	})
+}
+
+// wait waits until done, given the content so far, returns nil.
+func (b *syncBuffer) wait(ctx context.Context, done func([]byte) error) error {
 	for {
 		b.mu.Lock()
-		have, ch := b.buf.Len(), b.changed
+		err, ch := done(b.buf.Bytes()), b.changed
 		b.mu.Unlock()
-		if have >= n {
+		if err == nil {
 			return nil
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return fmt.Errorf("have %d of %d bytes: %w", have, n, ctx.Err())
+			return fmt.Errorf("%w: %w", err, ctx.Err())
 		}
 	}
 }

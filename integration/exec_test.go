@@ -10,12 +10,19 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // exec creates (does not start) an exec process. At cleanup it is killed and
 // deleted, and its client-side fifos are removed even when the task is gone.
 func (te *testEnv) exec(task client.Task, c client.Container, execID string, creator cio.Creator, args ...string) (client.Process, error) {
-	proc, err := task.Exec(te.ctx, execID, te.processSpec(c, args...), creator)
+	return te.execSpec(task, execID, te.processSpec(c, args...), creator)
+}
+
+// execSpec adds spec to the task as execID; at cleanup it is killed and
+// deleted, and its stdio released.
+func (te *testEnv) execSpec(task client.Task, execID string, spec *specs.Process, creator cio.Creator) (client.Process, error) {
+	proc, err := task.Exec(te.ctx, execID, spec, creator)
 	if err != nil {
 		return nil, err
 	}
@@ -35,7 +42,14 @@ func (te *testEnv) exec(task client.Task, c client.Container, execID string, cre
 // exit channel.
 func (te *testEnv) startExec(task client.Task, c client.Container, execID string, stdout io.Writer, args ...string) (client.Process, <-chan client.ExitStatus) {
 	te.t.Helper()
-	proc, err := te.exec(task, c, execID, te.io(nil, stdout, io.Discard), args...)
+	return te.startSpec(task, execID, te.processSpec(c, args...), te.io(nil, stdout, io.Discard))
+}
+
+// startSpec execs spec in the running task with creator's stdio, starts it
+// and returns it with its exit channel.
+func (te *testEnv) startSpec(task client.Task, execID string, spec *specs.Process, creator cio.Creator) (client.Process, <-chan client.ExitStatus) {
+	te.t.Helper()
+	proc, err := te.execSpec(task, execID, spec, creator)
 	if err != nil {
 		te.t.Fatalf("exec %s: %v", execID, err)
 	}

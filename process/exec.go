@@ -54,12 +54,11 @@ func (e *Exec) Start(ctx context.Context) (int, error) {
 	bundle := e.init.Bundle()
 	pidFile := filepath.Join(bundle, e.id+".pid")
 	defer os.Remove(pidFile)
-	err = e.init.Runtime().Exec(ctx, e.init.ID(), *e.spec, &gorunc.ExecOpts{
-		IO:      io,
-		PidFile: pidFile,
-		Detach:  true,
-	})
-	if err != nil {
+	opts := &gorunc.ExecOpts{IO: io, PidFile: pidFile, Detach: true}
+	if socket := io.ConsoleSocket(); socket != nil {
+		opts.ConsoleSocket = socket
+	}
+	if err := e.init.Runtime().Exec(ctx, e.init.ID(), *e.spec, opts); err != nil {
 		io.Close()
 		return 0, runc.WrapError("exec", bundle, err)
 	}
@@ -67,6 +66,12 @@ func (e *Exec) Start(ctx context.Context) (int, error) {
 	if err != nil {
 		io.Close()
 		return 0, fmt.Errorf("read exec pid: %w", err)
+	}
+	if err := io.Attach(ctx); err != nil {
+		// Nobody could read or feed its terminal: do not leave it running.
+		unix.Kill(pid, unix.SIGKILL)
+		io.Close()
+		return 0, fmt.Errorf("exec %s terminal: %w", e.id, err)
 	}
 	e.mu.Lock()
 	e.pid = pid
@@ -81,10 +86,10 @@ func (e *Exec) Start(ctx context.Context) (int, error) {
 func (e *Exec) Kill(ctx context.Context, sig int) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	switch e.status {
-	case Created:
+	switch {
+	case e.status == Created:
 		return ErrNotStarted
-	case Stopped, Deleted:
+	case e.status == Stopped || e.status == Deleted || e.reaped:
 		return ErrExited
 	}
 	if err := unix.Kill(e.pid, unix.Signal(sig)); err != nil {

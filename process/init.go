@@ -86,15 +86,22 @@ func (p *Init) Create(ctx context.Context) (retErr error) {
 		}
 	}()
 	pidFile := filepath.Join(p.bundle, runc.InitPidFile)
-	err = p.runtime.Create(ctx, p.id, p.bundle, &gorunc.CreateOpts{
+	opts := &gorunc.CreateOpts{
 		IO:           io,
 		PidFile:      pidFile,
 		NoPivot:      p.config.NoPivotRoot,
 		NoNewKeyring: p.config.NoNewKeyring,
-	})
-	if err != nil {
+	}
+	if socket := io.ConsoleSocket(); socket != nil {
+		opts.ConsoleSocket = socket
+	}
+	if err := p.runtime.Create(ctx, p.id, p.bundle, opts); err != nil {
 		p.forceDelete(ctx)
 		return runc.WrapError("create", p.bundle, err)
+	}
+	if err := io.Attach(ctx); err != nil {
+		p.forceDelete(ctx)
+		return fmt.Errorf("container %s terminal: %w", p.id, err)
 	}
 	pid, err := gorunc.ReadPidFile(pidFile)
 	if err != nil {
@@ -150,7 +157,10 @@ func (p *Init) Start(ctx context.Context) error {
 // Kill signals the init process, or with all every process in the
 // container.
 func (p *Init) Kill(ctx context.Context, sig int, all bool) error {
-	if s := p.Status(); s == Stopped || s == Deleted {
+	p.mu.Lock()
+	s, reaped := p.status, p.reaped
+	p.mu.Unlock()
+	if s == Stopped || s == Deleted || reaped {
 		return ErrExited
 	}
 	if err := p.runtime.Kill(ctx, p.id, sig, &gorunc.KillOpts{All: all}); err != nil {

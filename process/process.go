@@ -43,6 +43,7 @@ type base struct {
 
 	exited    chan struct{} // closed by SetExited
 	published <-chan struct{}
+	reaped    bool // the pid is gone, though the exit may not be recorded yet
 }
 
 func newBase(id string, stdio Stdio) base {
@@ -110,6 +111,38 @@ func (b *base) Wait(ctx context.Context) (Exit, error) {
 		}
 	}
 	return e, nil
+}
+
+// MarkReaped records that the process was reaped before its exit is
+// recorded (SetExited waits for its terminal to drain): its pid may
+// belong to someone else from now on, so it is no longer signalled.
+func (b *base) MarkReaped() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.reaped = true
+}
+
+// Drained is closed once the process's terminal output has all been
+// copied; nil without a terminal.
+func (b *base) Drained() <-chan struct{} {
+	b.mu.Lock()
+	io := b.io
+	b.mu.Unlock()
+	if io == nil {
+		return nil
+	}
+	return io.Drained()
+}
+
+// Resize sets the size of the process's terminal, if it has one.
+func (b *base) Resize(width, height uint32) error {
+	b.mu.Lock()
+	io := b.io
+	b.mu.Unlock()
+	if io == nil {
+		return nil
+	}
+	return io.Resize(width, height)
 }
 
 // CloseStdin gives the process EOF on stdin.

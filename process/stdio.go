@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/containerd/fifo"
+	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 )
@@ -39,6 +40,10 @@ type Stdio struct {
 // stdin goes through a pipe that the shim feeds from the fifo, because only
 // the shim can give the process its EOF when containerd calls CloseIO while
 // its own end of the fifo stays open.
+//
+// A process with a terminal gets none of these: runc gives it the slave of
+// a pty and sends the master to socket; Attach then starts the copies
+// (console.go).
 type IO struct {
 	stdout, stderr *os.File // the process's ends; closed after start
 	stdinR         *os.File // the process's end of the stdin pipe
@@ -47,13 +52,26 @@ type IO struct {
 	stdinW *os.File      // the shim's end, closed by CloseStdin
 	fifo   io.ReadCloser // containerd's stdin fifo
 	copied chan struct{} // closed when the stdin copy has ended
+
+	terminal Stdio          // what Attach connects, for a terminal
+	socket   *gorunc.Socket // terminal: where runc sends the pty master
+	tty      *tty           // terminal, once attached
 }
 
 // OpenIO opens s. uid and gid, when non-zero, own the descriptors the
 // process gets, so it can reopen /proc/self/fd/N.
 func OpenIO(ctx context.Context, s Stdio, uid, gid int) (_ *IO, err error) {
 	if s.Terminal {
-		return nil, fmt.Errorf("%w: terminal", ErrUnsupportedIO)
+		for _, target := range []string{s.Stdout, s.Stderr} {
+			if _, _, err := outputTarget(target); err != nil {
+				return nil, err
+			}
+		}
+		socket, err := gorunc.NewTempConsoleSocket()
+		if err != nil {
+			return nil, fmt.Errorf("console socket: %w", err)
+		}
+		return &IO{terminal: s, socket: socket}, nil
 	}
 	p := &IO{}
 	defer func() {
@@ -86,27 +104,39 @@ func OpenIO(ctx context.Context, s Stdio, uid, gid int) (_ *IO, err error) {
 	return p, nil
 }
 
-// openOutput opens one output target: nothing (/dev/null), a fifo, or a
-// file:// URI (appended to, created if missing).
-func openOutput(target string) (*os.File, error) {
+// outputTarget resolves an output target: "" for none, a fifo path, or a
+// file:// URI (file is true; its directory is created).
+func outputTarget(target string) (path string, file bool, err error) {
 	if target == "" {
-		return openFile(os.DevNull, unix.O_WRONLY, 0)
+		return "", false, nil
 	}
 	u, err := url.Parse(target)
-	if err == nil && u.Scheme != "" && u.Scheme != "fifo" {
-		switch u.Scheme {
-		case "file":
-			if err := os.MkdirAll(filepath.Dir(u.Path), 0o755); err != nil {
-				return nil, err
-			}
-			return openFile(u.Path, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT, 0o640)
-		default:
-			return nil, fmt.Errorf("%w: %s:// stdio", ErrUnsupportedIO, u.Scheme)
-		}
+	if err != nil || u.Scheme == "" {
+		return target, false, nil
 	}
-	path := target
-	if err == nil && u.Scheme == "fifo" {
-		path = u.Path
+	switch u.Scheme {
+	case "fifo":
+		return u.Path, false, nil
+	case "file":
+		if err := os.MkdirAll(filepath.Dir(u.Path), 0o755); err != nil {
+			return "", false, err
+		}
+		return u.Path, true, nil
+	}
+	return "", false, fmt.Errorf("%w: %s:// stdio", ErrUnsupportedIO, u.Scheme)
+}
+
+// openOutput opens one output target for the process: nothing
+// (/dev/null), a fifo, or a file:// URI (appended to, created if missing).
+func openOutput(target string) (*os.File, error) {
+	path, file, err := outputTarget(target)
+	switch {
+	case err != nil:
+		return nil, err
+	case path == "":
+		return openFile(os.DevNull, unix.O_WRONLY, 0)
+	case file:
+		return openFile(path, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT, 0o640)
 	}
 	return openFile(path, unix.O_RDWR, 0)
 }
@@ -181,24 +211,89 @@ func (p *IO) Stdout() io.ReadCloser { return nil }
 // Stderr implements go-runc's IO; stderr is not read by the shim.
 func (p *IO) Stderr() io.ReadCloser { return nil }
 
-// CloseStdin gives the process EOF on stdin (CloseIO).
+// ConsoleSocket is where runc is to send the pty master; nil without a
+// terminal.
+func (p *IO) ConsoleSocket() *gorunc.Socket { return p.socket }
+
+// Attach receives the pty master after runc created the process and starts
+// the terminal's copies. Without a terminal it does nothing.
+func (p *IO) Attach(ctx context.Context) error {
+	p.mu.Lock()
+	socket := p.socket
+	p.socket = nil
+	p.mu.Unlock()
+	if socket == nil {
+		return nil
+	}
+	defer socket.Close()
+	master, err := receiveMaster(socket)
+	if err != nil {
+		return err
+	}
+	t, err := newTTY(ctx, master, p.terminal)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.tty = t
+	p.mu.Unlock()
+	return nil
+}
+
+// Drained is closed once a terminal's output has all been copied (its
+// slave is closed everywhere); nil without a terminal, whose process
+// writes into the fifo itself.
+func (p *IO) Drained() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tty == nil {
+		return nil
+	}
+	return p.tty.drained
+}
+
+// Resize sets the terminal's window size; without a terminal it does
+// nothing.
+func (p *IO) Resize(width, height uint32) error {
+	p.mu.Lock()
+	t := p.tty
+	p.mu.Unlock()
+	if t == nil {
+		return nil
+	}
+	return t.Resize(width, height)
+}
+
+// CloseStdin gives the process EOF on stdin (CloseIO); a terminal is hung
+// up.
 func (p *IO) CloseStdin() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.tty != nil {
+		p.tty.CloseStdin()
+	}
 	if p.stdinW != nil {
 		p.stdinW.Close()
 		p.stdinW = nil
 	}
 }
 
-// Close releases everything and waits for the stdin copy to end.
+// Close releases everything and waits for the copies to end.
 func (p *IO) Close() error {
 	p.CloseAfterStart()
 	p.CloseStdin()
 	p.mu.Lock()
 	f, copied := p.fifo, p.copied
 	p.fifo = nil
+	socket, t := p.socket, p.tty
+	p.socket, p.tty = nil, nil
 	p.mu.Unlock()
+	if socket != nil {
+		socket.Close()
+	}
+	if t != nil {
+		t.Close()
+	}
 	if f != nil {
 		f.Close()
 	}

@@ -65,7 +65,8 @@ func TestOutputTargets(t *testing.T) {
 		{"none", Stdio{}, nil},
 		{"file uri", Stdio{Stdout: "file://" + filepath.Join(dir, "sub", "out.log")}, nil},
 		{"binary uri", Stdio{Stdout: "binary:///usr/bin/logger"}, ErrUnsupportedIO},
-		{"terminal", Stdio{Terminal: true}, ErrUnsupportedIO},
+		{"terminal", Stdio{Terminal: true}, nil},
+		{"terminal to a binary uri", Stdio{Terminal: true, Stdout: "binary:///usr/bin/logger"}, ErrUnsupportedIO},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := OpenIO(context.Background(), tc.stdio, 0, 0)

@@ -18,6 +18,12 @@ import (
 // exit is published anyway: a wedged exec never wedges the container.
 const execExitGrace = 2 * time.Second
 
+// ttyDrainGrace bounds how long a TaskExit waits for the process's terminal
+// output to reach the fifo. It is normally there within microseconds of
+// the exit; a background process still holding the terminal, or a reader
+// that stopped reading, costs this much delay and no more.
+const ttyDrainGrace = 2 * time.Second
+
 // proc is what the service needs of an init or exec process.
 type proc interface {
 	ID() string
@@ -25,6 +31,9 @@ type proc interface {
 	State() process.State
 	Wait(ctx context.Context) (process.Exit, error)
 	SetExited(e process.Exit, published <-chan struct{}) error
+	MarkReaped()
+	Drained() <-chan struct{}
+	Resize(width, height uint32) error
 	CloseStdin()
 }
 
@@ -59,8 +68,41 @@ func (s *Service) HandleExits(exits []runc.Exit) {
 			continue
 		}
 		delete(s.running, e.Pid)
-		s.exitLocked(r, e)
+		s.reapedLocked(r, e)
 	}
+}
+
+// reapedLocked handles a reaped process: at once, or, while its terminal
+// output is still being copied, once that copy ends (or ttyDrainGrace
+// passed). Meanwhile the process counts as running for the ordering of
+// exits (an init's TaskExit still waits for it) but is no longer
+// signalled: its pid is free.
+func (s *Service) reapedLocked(r running, e runc.Exit) {
+	drained := r.p.Drained()
+	if drained == nil {
+		s.exitLocked(r, e)
+		return
+	}
+	select {
+	case <-drained:
+		s.exitLocked(r, e)
+		return
+	default:
+	}
+	r.p.MarkReaped()
+	go func() {
+		t := time.NewTimer(ttyDrainGrace)
+		defer t.Stop()
+		select {
+		case <-drained:
+		case <-t.C:
+			log.G(s.ctx).WithFields(log.Fields{"container_id": r.c.init.ID(), "id": r.p.ID(), "pid": e.Pid}).
+				Warn("terminal output still open after the exit; publishing the exit")
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.exitLocked(r, e)
+	}()
 }
 
 // beginStart opens a start window: until the matching endStart, exits of
@@ -93,7 +135,7 @@ func (s *Service) endStart(r *running, announce func()) {
 			r.c.runningExecs++ // exitLocked counts it down
 		}
 		if e, ok := s.takePending(pid); ok {
-			s.exitLocked(*r, e)
+			s.reapedLocked(*r, e)
 		} else if r.p.State().Status != process.Stopped {
 			// (Stopped: reaped before the window opened, e.g. an init
 			// that died between create and a start that then failed.

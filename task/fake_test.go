@@ -25,6 +25,10 @@ type fakeProc struct {
 
 	onStart  func() // runs inside Start, before it returns
 	startPid int    // pid Start reports (exec) or sets
+
+	drained chan struct{} // a terminal's output copy; nil for none
+	reaped  bool
+	sizes   [][2]uint32 // what Resize was given
 }
 
 func newFakeProc(id string, pid int) *fakeProc {
@@ -76,6 +80,25 @@ func (f *fakeProc) Wait(ctx context.Context) (process.Exit, error) {
 	return e, nil
 }
 func (f *fakeProc) CloseStdin() {}
+func (f *fakeProc) MarkReaped() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reaped = true
+}
+func (f *fakeProc) Drained() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.drained == nil {
+		return nil
+	}
+	return f.drained
+}
+func (f *fakeProc) Resize(width, height uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sizes = append(f.sizes, [2]uint32{width, height})
+	return nil
+}
 
 func (f *fakeProc) start() {
 	if f.onStart != nil {
@@ -117,7 +140,10 @@ func (f *fakeInit) Start(ctx context.Context) error {
 	return nil
 }
 func (f *fakeInit) Kill(ctx context.Context, sig int, all bool) error {
-	if s := f.Status(); s == process.Stopped || s == process.Deleted {
+	f.mu.Lock()
+	s, reaped := f.st, f.reaped
+	f.mu.Unlock()
+	if s == process.Stopped || s == process.Deleted || reaped {
 		return process.ErrExited
 	}
 	return nil
@@ -158,5 +184,12 @@ func (f *fakeExec) Start(ctx context.Context) (int, error) {
 	f.mu.Unlock()
 	return f.startPid, nil
 }
-func (f *fakeExec) Kill(ctx context.Context, sig int) error { return nil }
-func (f *fakeExec) Delete(ctx context.Context) error        { return f.del() }
+func (f *fakeExec) Kill(ctx context.Context, sig int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.reaped || f.st == process.Stopped || f.st == process.Deleted {
+		return process.ErrExited
+	}
+	return nil
+}
+func (f *fakeExec) Delete(ctx context.Context) error { return f.del() }

@@ -368,9 +368,6 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (_ *e
 	if err := validateID("exec", r.ExecID); err != nil {
 		return nil, err
 	}
-	if r.Terminal {
-		return nil, fmt.Errorf("exec with a terminal: %w", errdefs.ErrNotImplemented)
-	}
 	spec, err := processSpec(r.Spec)
 	if err != nil {
 		return nil, err

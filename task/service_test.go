@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	eventstypes "github.com/containerd/containerd/api/events"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runc/options"
@@ -26,9 +27,10 @@ import (
 // recorder forwards nothing; it records topics in order. A test may hold
 // forwards with gate.
 type recorder struct {
-	mu     sync.Mutex
-	topics []string
-	gate   chan struct{}
+	mu      sync.Mutex
+	topics  []string
+	exitIDs []string // the process ID of each TaskExit
+	gate    chan struct{}
 }
 
 func (r *recorder) Forward(ctx context.Context, env *types.Envelope) error {
@@ -37,8 +39,19 @@ func (r *recorder) Forward(ctx context.Context, env *types.Envelope) error {
 	}
 	r.mu.Lock()
 	r.topics = append(r.topics, env.Topic)
+	if v, err := typeurl.UnmarshalAny(env.Event); err == nil {
+		if ex, ok := v.(*eventstypes.TaskExit); ok {
+			r.exitIDs = append(r.exitIDs, ex.ID)
+		}
+	}
 	r.mu.Unlock()
 	return nil
+}
+
+func (r *recorder) exits() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.exitIDs...)
 }
 
 func (r *recorder) got() []string {
@@ -474,4 +487,60 @@ func TestPauseResume(t *testing.T) {
 		t.Fatalf("wait after an exit while paused: %v %v", w, err)
 	}
 	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/paused", "/tasks/resumed", "/tasks/paused", "/tasks/exit")
+}
+
+// Processes with a terminal: a TaskExit waits until the terminal's output
+// is drained into the fifo; meanwhile the reaped pid is not signalled, and
+// the init's exit still comes after its exec's, whichever drains first.
+func TestTerminalExitWaitsForDrain(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	code := func(err error) error { return errgrpc.ToNative(err) }
+	init := h.create("c1")
+	init.drained = make(chan struct{})
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	e := h.exec("c1", "e1")
+	e.drained = make(chan struct{})
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"})
+
+	h.svc.HandleExits([]runc.Exit{exit(e.Pid(), 0), exit(init.Pid(), 137)})
+	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started")
+	if _, err := h.svc.Kill(ctx, &taskapi.KillRequest{ID: "c1", ExecID: "e1", Signal: 9}); !errdefs.IsNotFound(code(err)) {
+		t.Fatalf("kill of a reaped exec: %v, want NotFound", err)
+	}
+	if _, err := h.svc.Kill(ctx, &taskapi.KillRequest{ID: "c1", Signal: 9}); !errdefs.IsNotFound(code(err)) {
+		t.Fatalf("kill of a reaped init: %v, want NotFound", err)
+	}
+	if _, err := h.svc.ResizePty(ctx, &taskapi.ResizePtyRequest{ID: "c1", ExecID: "e1", Width: 80, Height: 24}); err != nil {
+		t.Fatalf("resize: %v", err)
+	}
+	if len(e.sizes) != 1 || e.sizes[0] != [2]uint32{80, 24} {
+		t.Fatalf("exec resized to %v", e.sizes)
+	}
+
+	close(init.drained)
+	close(e.drained)
+	if w, err := h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"}); err != nil || w.ExitStatus != 137 {
+		t.Fatalf("wait: %v %v", w, err)
+	}
+	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit", "/tasks/exit")
+	if got := h.rec.exits(); len(got) != 2 || got[0] != "e1" || got[1] != "c1" {
+		t.Fatalf("exits in order %v, want [e1 c1]", got)
+	}
+}
+
+// A terminal that never drains (a background process holds it) delays the
+// exit by ttyDrainGrace and no more.
+func TestTerminalExitGrace(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	init := h.create("c1")
+	init.drained = make(chan struct{})
+	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
+	wctx, cancel := context.WithTimeout(ctx, 10*ttyDrainGrace)
+	defer cancel()
+	if _, err := h.svc.Wait(wctx, &taskapi.WaitRequest{ID: "c1"}); err != nil {
+		t.Fatalf("exit wedged by an undrained terminal: %v", err)
+	}
 }

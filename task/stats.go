@@ -42,9 +42,18 @@ func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (_ *taskap
 	return &taskapi.StatsResponse{Stats: a}, nil
 }
 
-// ResizePty is not served yet: terminals are not supported.
-func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
-	return nil, toGRPC(fmt.Errorf("resize pty: %w", errdefs.ErrNotImplemented))
+// ResizePty sets the window size of a process's terminal; for a process
+// without one it does nothing (as containerd's own shim).
+func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (_ *emptypb.Empty, retErr error) {
+	defer func() { retErr = toGRPC(retErr) }()
+	_, p, _, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Resize(r.Width, r.Height); err != nil {
+		return nil, fmt.Errorf("resize terminal: %w", err)
+	}
+	return &emptypb.Empty{}, nil
 }
 
 // Pause freezes a running container (`runc pause`) and publishes

@@ -1,0 +1,196 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/containerd/console"
+	"github.com/containerd/fifo"
+	gorunc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+)
+
+// receiveTimeout bounds the wait for runc's pty master. runc sends it
+// before `create` or `exec --detach` returns, so it is normally already
+// queued on the socket.
+const receiveTimeout = 10 * time.Second
+
+// tty is a process's terminal: the pty master runc hands over through the
+// console socket. The shim copies the master to containerd's stdout (a
+// terminal merges stderr into it) and containerd's stdin into the master.
+// Both copies wait on Go's poller, not on parked threads, and an idle
+// terminal costs two parked goroutines.
+//
+// The output copy ends when the master reads EIO: every holder of the
+// slave has closed it, i.e. the process (and anything that inherited the
+// terminal) is gone and the kernel has handed over all it buffered. Its
+// end closes drained, which the exit path waits on (bounded) so that a
+// process's output is in the fifo before its TaskExit.
+//
+// When containerd's stdin ends (its writer closed, or CloseIO), the master
+// is closed, which hangs up the terminal, as a closed ssh session does:
+// a shell reading it gets EOF and SIGHUP and a leftover `kubectl exec -it`
+// does not outlive its client.
+type tty struct {
+	master console.Console // as received; Resize
+	rw     *os.File        // a non-blocking dup of master, for the copies
+	out    *os.File        // stdout target, nil to discard
+	in     io.ReadCloser   // containerd's stdin fifo, nil for none
+
+	hangupOnce sync.Once
+	drained    chan struct{} // closed when the output copy has ended
+	inDone     chan struct{} // closed when the stdin copy has ended
+}
+
+// receiveMaster waits (bounded) for runc to send the pty master to socket.
+func receiveMaster(socket *gorunc.Socket) (console.Console, error) {
+	type result struct {
+		c   console.Console
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := socket.ReceiveMaster()
+		ch <- result{c, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.c, r.err
+	case <-time.After(receiveTimeout):
+		socket.Close() // ends the Accept
+		if r := <-ch; r.c != nil {
+			r.c.Close()
+		}
+		return nil, fmt.Errorf("no pty master from runc within %s", receiveTimeout)
+	}
+}
+
+// newTTY starts copying between master and the stdio containerd named.
+// It owns master from then on, also on error.
+func newTTY(ctx context.Context, master console.Console, s Stdio) (_ *tty, err error) {
+	t := &tty{master: master, drained: make(chan struct{}), inDone: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			t.hangup()
+			if t.out != nil {
+				t.out.Close()
+			}
+		}
+	}()
+	fd, err := unix.FcntlInt(master.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup pty master: %w", err)
+	}
+	// O_NONBLOCK belongs to the open file description, shared with master:
+	// harmless, master is used for ioctls only.
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("pty master: %w", err)
+	}
+	t.rw = os.NewFile(uintptr(fd), "pty-master") // pollable: non-blocking
+	if t.out, err = openTTYOutput(s.Stdout); err != nil {
+		return nil, fmt.Errorf("open stdout: %w", err)
+	}
+	if s.Stdin != "" {
+		if t.in, err = fifo.OpenFifo(context.WithoutCancel(ctx), s.Stdin, unix.O_RDONLY|unix.O_NONBLOCK, 0); err != nil {
+			return nil, fmt.Errorf("open stdin: %w", err)
+		}
+		go t.copyIn(ctx)
+	} else {
+		close(t.inDone)
+	}
+	go t.copyOut(ctx)
+	return t, nil
+}
+
+// openTTYOutput opens the terminal's output target for the shim's own
+// copy: a fifo or file:// file, nil (discard) for none. Unlike the
+// descriptors handed to a process, it is non-blocking, on Go's poller.
+func openTTYOutput(target string) (*os.File, error) {
+	path, file, err := outputTarget(target)
+	if err != nil || path == "" {
+		return nil, err
+	}
+	if file {
+		return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	}
+	// O_RDWR: never ENXIO or EPIPE while containerd's reader is away.
+	return os.OpenFile(path, os.O_RDWR, 0)
+}
+
+func (t *tty) copyOut(ctx context.Context) {
+	defer close(t.drained)
+	var dst io.Writer = io.Discard
+	if t.out != nil {
+		dst = t.out
+		defer t.out.Close() // containerd's reader sees EOF
+	}
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := t.rw.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				if !errors.Is(werr, os.ErrClosed) {
+					log.G(ctx).WithError(werr).Warn("terminal output copy failed")
+				}
+				return
+			}
+		}
+		if err != nil {
+			// EIO: the slave side is closed everywhere. ErrClosed: hung up.
+			if !errors.Is(err, unix.EIO) && !errors.Is(err, os.ErrClosed) && !errors.Is(err, io.EOF) {
+				log.G(ctx).WithError(err).Warn("terminal output copy failed")
+			}
+			return
+		}
+	}
+}
+
+func (t *tty) copyIn(ctx context.Context) {
+	defer close(t.inDone)
+	if _, err := io.Copy(t.rw, t.in); err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, fifo.ErrReadClosed) && !errors.Is(err, unix.EIO) {
+		log.G(ctx).WithError(err).Debug("terminal input copy ended")
+	}
+	t.in.Close()
+	t.hangup()
+}
+
+// hangup closes the master: the terminal is hung up and both copies end.
+func (t *tty) hangup() {
+	t.hangupOnce.Do(func() {
+		if t.rw != nil {
+			t.rw.Close()
+		}
+		t.master.Close()
+	})
+}
+
+// Resize sets the terminal's window size.
+func (t *tty) Resize(width, height uint32) error {
+	return t.master.Resize(console.WinSize{Width: uint16(width), Height: uint16(height)})
+}
+
+// CloseStdin ends the stdin copy, which hangs up the terminal.
+func (t *tty) CloseStdin() {
+	if t.in != nil {
+		t.in.Close()
+	}
+}
+
+// Close hangs up the terminal and waits for both copies to end (closing
+// the output unblocks a copy stuck on a full fifo).
+func (t *tty) Close() {
+	t.CloseStdin()
+	t.hangup()
+	<-t.inDone
+	if t.out != nil {
+		t.out.Close()
+	}
+	<-t.drained
+}
