@@ -71,10 +71,10 @@ func receiveMaster(socket *gorunc.Socket) (console.Console, error) {
 	}
 }
 
-// newTTY starts copying between master and the stdio containerd named.
-// It owns master from then on, also on error.
-func newTTY(ctx context.Context, master console.Console, s Stdio) (_ *tty, err error) {
-	t := &tty{master: master, drained: make(chan struct{}), inDone: make(chan struct{})}
+// newTTY starts copying master to out (nil discards) and the stdin fifo
+// (if any) to master. It owns master and out from then on, also on error.
+func newTTY(ctx context.Context, master console.Console, out *os.File, stdin string) (_ *tty, err error) {
+	t := &tty{master: master, out: out, drained: make(chan struct{}), inDone: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			t.hangup()
@@ -94,11 +94,8 @@ func newTTY(ctx context.Context, master console.Console, s Stdio) (_ *tty, err e
 		return nil, fmt.Errorf("pty master: %w", err)
 	}
 	t.rw = os.NewFile(uintptr(fd), "pty-master") // pollable: non-blocking
-	if t.out, err = openTTYOutput(s.Stdout); err != nil {
-		return nil, fmt.Errorf("open stdout: %w", err)
-	}
-	if s.Stdin != "" {
-		if t.in, err = fifo.OpenFifo(context.WithoutCancel(ctx), s.Stdin, unix.O_RDONLY|unix.O_NONBLOCK, 0); err != nil {
+	if stdin != "" {
+		if t.in, err = fifo.OpenFifo(context.WithoutCancel(ctx), stdin, unix.O_RDONLY|unix.O_NONBLOCK, 0); err != nil {
 			return nil, fmt.Errorf("open stdin: %w", err)
 		}
 		go t.copyIn(ctx)
@@ -109,19 +106,20 @@ func newTTY(ctx context.Context, master console.Console, s Stdio) (_ *tty, err e
 	return t, nil
 }
 
-// openTTYOutput opens the terminal's output target for the shim's own
-// copy: a fifo or file:// file, nil (discard) for none. Unlike the
-// descriptors handed to a process, it is non-blocking, on Go's poller.
+// openTTYOutput opens the terminal's output target (not a logging binary)
+// for the shim's own copy: a fifo or file:// file, nil (discard) for none.
+// Unlike the descriptors handed to a process, it is non-blocking, on Go's
+// poller.
 func openTTYOutput(target string) (*os.File, error) {
-	path, file, err := outputTarget(target)
-	if err != nil || path == "" {
+	o, err := parseOutput(target)
+	switch {
+	case err != nil || o.path == "":
 		return nil, err
-	}
-	if file {
-		return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	case o.file:
+		return os.OpenFile(o.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	}
 	// O_RDWR: never ENXIO or EPIPE while containerd's reader is away.
-	return os.OpenFile(path, os.O_RDWR, 0)
+	return os.OpenFile(o.path, os.O_RDWR, 0)
 }
 
 func (t *tty) copyOut(ctx context.Context) {

@@ -57,7 +57,11 @@ func TestTerminalCopies(t *testing.T) {
 	}
 	defer reader.Close()
 	master, slave := newPty(t)
-	tt, err := newTTY(context.Background(), master, Stdio{Stdin: in, Stdout: out, Terminal: true})
+	outFile, err := openTTYOutput(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tt, err := newTTY(context.Background(), master, outFile, in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +122,7 @@ func TestTerminalHangupOnStdinEOF(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			in := mkfifo(t, "stdin")
 			master, slave := newPty(t)
-			tt, err := newTTY(context.Background(), master, Stdio{Stdin: in, Terminal: true})
+			tt, err := newTTY(context.Background(), master, nil, in)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -147,7 +151,11 @@ func TestTerminalHangupOnStdinEOF(t *testing.T) {
 func TestTerminalCloseWithStalledReader(t *testing.T) {
 	out := mkfifo(t, "stdout")
 	master, slave := newPty(t)
-	tt, err := newTTY(context.Background(), master, Stdio{Stdout: out, Terminal: true})
+	outFile, err := openTTYOutput(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tt, err := newTTY(context.Background(), master, outFile, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +173,7 @@ func TestTerminalCloseWithStalledReader(t *testing.T) {
 // never blocks on a full terminal.
 func TestTerminalDiscardsWithoutStdout(t *testing.T) {
 	master, slave := newPty(t)
-	tt, err := newTTY(context.Background(), master, Stdio{Terminal: true})
+	tt, err := newTTY(context.Background(), master, nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}

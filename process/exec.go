@@ -47,7 +47,7 @@ func (e *Exec) Start(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	cfg := e.init.Config()
-	io, err := OpenIO(ctx, e.stdio, cfg.IoUID, cfg.IoGID)
+	io, err := OpenIO(ctx, e.stdio, IOConfig{UID: cfg.IoUID, GID: cfg.IoGID, ContainerID: e.init.ID(), Namespace: cfg.Namespace})
 	if err != nil {
 		return 0, err
 	}

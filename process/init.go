@@ -76,7 +76,7 @@ func (p *Init) Create(ctx context.Context) (retErr error) {
 			}
 		}()
 	}
-	io, err := OpenIO(ctx, p.stdio, p.config.IoUID, p.config.IoGID)
+	io, err := OpenIO(ctx, p.stdio, IOConfig{UID: p.config.IoUID, GID: p.config.IoGID, ContainerID: p.id, Namespace: p.config.Namespace})
 	if err != nil {
 		return err
 	}

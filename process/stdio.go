@@ -56,22 +56,23 @@ type IO struct {
 	terminal Stdio          // what Attach connects, for a terminal
 	socket   *gorunc.Socket // terminal: where runc sends the pty master
 	tty      *tty           // terminal, once attached
+	logger   *logger        // binary:// stdout, stopped by Close
 }
 
-// OpenIO opens s. uid and gid, when non-zero, own the descriptors the
-// process gets, so it can reopen /proc/self/fd/N.
-func OpenIO(ctx context.Context, s Stdio, uid, gid int) (_ *IO, err error) {
-	if s.Terminal {
-		for _, target := range []string{s.Stdout, s.Stderr} {
-			if _, _, err := outputTarget(target); err != nil {
-				return nil, err
-			}
-		}
-		socket, err := gorunc.NewTempConsoleSocket()
-		if err != nil {
-			return nil, fmt.Errorf("console socket: %w", err)
-		}
-		return &IO{terminal: s, socket: socket}, nil
+// IOConfig is how OpenIO opens a process's stdio.
+type IOConfig struct {
+	// UID and GID, when non-zero, own the descriptors the process gets
+	// (runc option IoUid/IoGid), so it can reopen /proc/self/fd/N.
+	UID, GID int
+	// ContainerID and Namespace are given to a logging binary.
+	ContainerID, Namespace string
+}
+
+// OpenIO opens s.
+func OpenIO(ctx context.Context, s Stdio, c IOConfig) (_ *IO, err error) {
+	out, err := parseOutput(s.Stdout)
+	if err != nil {
+		return nil, fmt.Errorf("stdout: %w", err)
 	}
 	p := &IO{}
 	defer func() {
@@ -79,24 +80,41 @@ func OpenIO(ctx context.Context, s Stdio, uid, gid int) (_ *IO, err error) {
 			p.Close()
 		}
 	}()
-	if p.stdout, err = openOutput(s.Stdout); err != nil {
-		return nil, fmt.Errorf("open stdout: %w", err)
+	if out.binary != nil {
+		// stdout and stderr both go to the logging binary.
+		if p.logger, err = startLogger(out.binary, c.ContainerID, c.Namespace); err != nil {
+			return nil, err
+		}
 	}
-	if s.Stderr != "" && s.Stderr == s.Stdout {
-		p.stderr = p.stdout
-	} else if p.stderr, err = openOutput(s.Stderr); err != nil {
-		return nil, fmt.Errorf("open stderr: %w", err)
+	if s.Terminal {
+		if p.socket, err = gorunc.NewTempConsoleSocket(); err != nil {
+			return nil, fmt.Errorf("console socket: %w", err)
+		}
+		p.terminal = s
+		return p, nil
+	}
+	if p.logger != nil {
+		p.stdout, p.stderr = p.logger.take()
+	} else {
+		if p.stdout, err = openOutput(out); err != nil {
+			return nil, fmt.Errorf("open stdout: %w", err)
+		}
+		if s.Stderr != "" && s.Stderr == s.Stdout {
+			p.stderr = p.stdout
+		} else if p.stderr, err = openTarget(s.Stderr); err != nil {
+			return nil, fmt.Errorf("open stderr: %w", err)
+		}
 	}
 	if s.Stdin != "" {
 		if err := p.openStdin(ctx, s.Stdin); err != nil {
 			return nil, fmt.Errorf("open stdin: %w", err)
 		}
 	}
-	if uid != 0 || gid != 0 {
+	if c.UID != 0 || c.GID != 0 {
 		for _, f := range []*os.File{p.stdout, p.stderr, p.stdinR} {
 			if f != nil && f.Name() != os.DevNull {
-				if err := f.Chown(uid, gid); err != nil {
-					return nil, fmt.Errorf("chown stdio to %d:%d: %w", uid, gid, err)
+				if err := f.Chown(c.UID, c.GID); err != nil {
+					return nil, fmt.Errorf("chown stdio to %d:%d: %w", c.UID, c.GID, err)
 				}
 			}
 		}
@@ -104,41 +122,63 @@ func OpenIO(ctx context.Context, s Stdio, uid, gid int) (_ *IO, err error) {
 	return p, nil
 }
 
-// outputTarget resolves an output target: "" for none, a fifo path, or a
-// file:// URI (file is true; its directory is created).
-func outputTarget(target string) (path string, file bool, err error) {
+// output is a resolved output target.
+type output struct {
+	path   string   // a fifo or file; "" for none
+	file   bool     // path is a file:// target (its directory exists)
+	binary *url.URL // a binary:// or binary-v2:// logging binary
+}
+
+// parseOutput resolves an output target: "" for none, a fifo path (bare
+// or fifo://), a file:// URI (its directory is created), or a logging
+// binary (binary://, binary-v2://).
+func parseOutput(target string) (output, error) {
 	if target == "" {
-		return "", false, nil
+		return output{}, nil
 	}
 	u, err := url.Parse(target)
 	if err != nil || u.Scheme == "" {
-		return target, false, nil
+		return output{path: target}, nil
 	}
 	switch u.Scheme {
 	case "fifo":
-		return u.Path, false, nil
+		return output{path: u.Path}, nil
 	case "file":
 		if err := os.MkdirAll(filepath.Dir(u.Path), 0o755); err != nil {
-			return "", false, err
+			return output{}, err
 		}
-		return u.Path, true, nil
+		return output{path: u.Path, file: true}, nil
+	case "binary", "binary-v2":
+		if !filepath.IsAbs(u.Path) {
+			return output{}, fmt.Errorf("logging binary %q is not an absolute path: %w", u.Path, ErrUnsupportedIO)
+		}
+		return output{binary: u}, nil
 	}
-	return "", false, fmt.Errorf("%w: %s:// stdio", ErrUnsupportedIO, u.Scheme)
+	return output{}, fmt.Errorf("%w: %s:// stdio", ErrUnsupportedIO, u.Scheme)
 }
 
-// openOutput opens one output target for the process: nothing
-// (/dev/null), a fifo, or a file:// URI (appended to, created if missing).
-func openOutput(target string) (*os.File, error) {
-	path, file, err := outputTarget(target)
-	switch {
-	case err != nil:
+// openTarget opens an output target that is not a logging binary.
+func openTarget(target string) (*os.File, error) {
+	o, err := parseOutput(target)
+	if err != nil {
 		return nil, err
-	case path == "":
-		return openFile(os.DevNull, unix.O_WRONLY, 0)
-	case file:
-		return openFile(path, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT, 0o640)
 	}
-	return openFile(path, unix.O_RDWR, 0)
+	if o.binary != nil {
+		return nil, fmt.Errorf("%w: a logging binary for stderr only", ErrUnsupportedIO)
+	}
+	return openOutput(o)
+}
+
+// openOutput opens one output for the process: nothing (/dev/null), a
+// fifo, or a file (appended to, created if missing).
+func openOutput(o output) (*os.File, error) {
+	switch {
+	case o.path == "":
+		return openFile(os.DevNull, unix.O_WRONLY, 0)
+	case o.file:
+		return openFile(o.path, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT, 0o640)
+	}
+	return openFile(o.path, unix.O_RDWR, 0)
 }
 
 // openFile opens with a raw open(2), so the descriptor stays blocking: Go's
@@ -230,7 +270,18 @@ func (p *IO) Attach(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	t, err := newTTY(ctx, master, p.terminal)
+	var out *os.File
+	if p.logger != nil {
+		var stderr *os.File
+		out, stderr = p.logger.take()
+		if stderr != nil {
+			stderr.Close() // a terminal has no stderr: the binary sees EOF on it
+		}
+	} else if out, err = openTTYOutput(p.terminal.Stdout); err != nil {
+		master.Close()
+		return fmt.Errorf("open stdout: %w", err)
+	}
+	t, err := newTTY(ctx, master, out, p.terminal.Stdin)
 	if err != nil {
 		return err
 	}
@@ -293,6 +344,9 @@ func (p *IO) Close() error {
 	}
 	if t != nil {
 		t.Close()
+	}
+	if p.logger != nil {
+		p.logger.Close()
 	}
 	if f != nil {
 		f.Close()

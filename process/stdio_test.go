@@ -28,7 +28,7 @@ func TestOutputIsBlockingAndReachesFifo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	p, err := OpenIO(context.Background(), Stdio{Stdout: path, Stderr: path}, 0, 0)
+	p, err := OpenIO(context.Background(), Stdio{Stdout: path, Stderr: path}, IOConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,12 +64,13 @@ func TestOutputTargets(t *testing.T) {
 	}{
 		{"none", Stdio{}, nil},
 		{"file uri", Stdio{Stdout: "file://" + filepath.Join(dir, "sub", "out.log")}, nil},
-		{"binary uri", Stdio{Stdout: "binary:///usr/bin/logger"}, ErrUnsupportedIO},
+		{"syslog uri", Stdio{Stdout: "syslog://localhost"}, ErrUnsupportedIO},
+		{"relative logging binary", Stdio{Stdout: "binary://logger"}, ErrUnsupportedIO},
 		{"terminal", Stdio{Terminal: true}, nil},
-		{"terminal to a binary uri", Stdio{Terminal: true, Stdout: "binary:///usr/bin/logger"}, ErrUnsupportedIO},
+		{"terminal to a syslog uri", Stdio{Terminal: true, Stdout: "syslog://localhost"}, ErrUnsupportedIO},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := OpenIO(context.Background(), tc.stdio, 0, 0)
+			p, err := OpenIO(context.Background(), tc.stdio, IOConfig{})
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Fatalf("got %v, want %v", err, tc.wantErr)
@@ -85,14 +86,14 @@ func TestOutputTargets(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "sub", "out.log")); err != nil {
 		t.Fatalf("file:// target not created: %v", err)
 	}
-	if _, err := OpenIO(context.Background(), Stdio{Stdout: filepath.Join(dir, "missing-fifo")}, 0, 0); err == nil {
+	if _, err := OpenIO(context.Background(), Stdio{Stdout: filepath.Join(dir, "missing-fifo")}, IOConfig{}); err == nil {
 		t.Fatal("a missing stdout fifo opened")
 	}
 }
 
 func TestStdinCopyAndClose(t *testing.T) {
 	path := mkfifo(t, "stdin")
-	p, err := OpenIO(context.Background(), Stdio{Stdin: path}, 0, 0)
+	p, err := OpenIO(context.Background(), Stdio{Stdin: path}, IOConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,11 +41,12 @@ type Config struct {
 	NoPivotRoot   bool
 	NoNewKeyring  bool
 	IoUID, IoGID  int
+	Namespace     string
 }
 
 // NewConfig resolves runtime options for namespace; opts may be nil.
 func NewConfig(opts *options.Options, namespace string) Config {
-	c := Config{Binary: DefaultBinary, Root: filepath.Join(DefaultRoot, namespace)}
+	c := Config{Binary: DefaultBinary, Root: filepath.Join(DefaultRoot, namespace), Namespace: namespace}
 	if opts == nil {
 		return c
 	}

@@ -62,7 +62,7 @@ func TestConfigAndOptionsRoundTrip(t *testing.T) {
 		t.Fatalf("options.json %s: want containerd's field names", data)
 	}
 	c := NewConfig(out, "k8s.io")
-	want := Config{Binary: "crun", Root: "/run/x/k8s.io", SystemdCgroup: true, NoPivotRoot: true, IoUID: 5, IoGID: 6}
+	want := Config{Binary: "crun", Root: "/run/x/k8s.io", SystemdCgroup: true, NoPivotRoot: true, IoUID: 5, IoGID: 6, Namespace: "k8s.io"}
 	if c != want {
 		t.Fatalf("config %+v, want %+v", c, want)
 	}

@@ -30,7 +30,7 @@ func toGRPC(err error) error {
 		err = fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
 	case errors.Is(err, process.ErrUnsupportedIO):
 		err = fmt.Errorf("%w: %w", err, errdefs.ErrNotImplemented)
-	case errors.Is(err, runc.ErrRuntimeNotFound):
+	case errors.Is(err, runc.ErrRuntimeNotFound), errors.Is(err, process.ErrLogger):
 		err = fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
 	case errors.Is(err, runc.ErrInvalidMount):
 		err = fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
