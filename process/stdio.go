@@ -41,9 +41,10 @@ type Stdio struct {
 // the shim can give the process its EOF when containerd calls CloseIO while
 // its own end of the fifo stays open.
 //
-// A process with a terminal gets none of these: runc gives it the slave of
-// a pty and sends the master to socket; Attach then starts the copies
-// (console.go).
+// With a logging binary (binary://), stdout and stderr are pipes into it
+// (logger.go), again written by the process itself. A process with a
+// terminal gets none of these: runc gives it the slave of a pty and sends
+// the master to socket; Attach then starts the copies (console.go).
 type IO struct {
 	stdout, stderr *os.File // the process's ends; closed after start
 	stdinR         *os.File // the process's end of the stdin pipe
@@ -315,8 +316,8 @@ func (p *IO) Resize(width, height uint32) error {
 	return t.Resize(width, height)
 }
 
-// CloseStdin gives the process EOF on stdin (CloseIO); a terminal is hung
-// up.
+// CloseStdin gives the process EOF on stdin (CloseIO); a terminal fed
+// from stdin is hung up.
 func (p *IO) CloseStdin() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
