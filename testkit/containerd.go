@@ -34,8 +34,17 @@ type Options struct {
 	Shim     string // the binary on PATH as containerd-shim-runc-v2
 	ToolsBin string // holds containerd and runc; on PATH after Shim's dir
 	LogLevel string // containerd's; "debug" also gives the shims -debug
+	// CRI, when set, serves Kubernetes' CRI on CRIAddress with this pinned
+	// sandbox (pause) image; otherwise the CRI plugin is off. Pods get no
+	// CNI: use host-network sandboxes.
+	CRI *CRIOptions
 	// ClientOpts are added to the client's (a timeout, a default namespace).
 	ClientOpts []client.Opt
+}
+
+// CRIOptions configure containerd's CRI plugin.
+type CRIOptions struct {
+	SandboxImage string
 }
 
 // Containerd is a running private containerd.
@@ -47,7 +56,7 @@ type Containerd struct {
 	PathDir      string // holds the containerd-shim-runc-v2 symlink, first on PATH
 	FifoDir      string // for client and ctr fifos
 	ConfigPath   string
-	Address      string // gRPC socket
+	Address      string // gRPC socket (also CRI's, when enabled)
 	TTRPCAddress string // ttrpc socket
 	LogPath      string // containerd's stdout and stderr
 
@@ -67,8 +76,25 @@ root = "{{.Root}}"
 state = "{{.State}}"
 temp = "{{.Base}}/tmp"
 imports = []
+{{- if .CRI}}
+
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "{{.SandboxImage}}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  # Root here may lack CAP_SYS_RESOURCE: never lower an oom_score_adj.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{{.Base}}/cni/bin"]
+    conf_dir = "{{.Base}}/cni/conf"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+{{- else}}
 # CRI is out of scope here.
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{{- end}}
 
 [grpc]
   address = "{{.Address}}"
@@ -127,11 +153,15 @@ func Start(ctx context.Context, o Options) (*Containerd, error) {
 		return c, err
 	}
 	var buf bytes.Buffer
-	if err := configTemplate.Execute(&buf, map[string]string{
+	params := map[string]any{
 		"Title": o.Title, "Base": base, "Root": c.Root, "State": c.State,
 		"Address": c.Address, "TTRPCAddress": c.TTRPCAddress, "SocketDir": c.SocketDir,
-		"LogLevel": o.LogLevel,
-	}); err != nil {
+		"LogLevel": o.LogLevel, "CRI": o.CRI != nil,
+	}
+	if o.CRI != nil {
+		params["SandboxImage"] = o.CRI.SandboxImage
+	}
+	if err := configTemplate.Execute(&buf, params); err != nil {
 		return c, err
 	}
 	if err := os.WriteFile(c.ConfigPath, buf.Bytes(), 0o644); err != nil {

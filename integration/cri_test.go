@@ -1,0 +1,246 @@
+package integration
+
+import (
+	"oomshim/testkit"
+
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+const (
+	criNamespace = "k8s.io" // where CRI keeps its images and containers
+	pauseImage   = "oomshim.test/pause:1"
+)
+
+// criEnv is a private containerd serving CRI, our shim as runc's.
+type criEnv struct {
+	*testkit.Containerd
+	rt     runtimeapi.RuntimeServiceClient
+	parent string // the pods' cgroup parent, removed at cleanup
+}
+
+// startCRI starts a containerd with CRI on (the harness's has it off),
+// imports the test image and a pause image derived from it.
+func startCRI(t *testing.T, te *testEnv) *criEnv {
+	t.Helper()
+	c, err := testkit.Start(te.ctx, testkit.Options{
+		Prefix:   "oomshim-cri-",
+		Title:    "the oomshim CRI test",
+		Shim:     te.h.s.shimBinary,
+		ToolsBin: te.h.s.toolsBin,
+		LogLevel: "debug",
+		CRI:      &testkit.CRIOptions{SandboxImage: pauseImage},
+	})
+	e := &criEnv{Containerd: c, parent: "oomshim-cri-" + te.h.token}
+	if c != nil {
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("CRI containerd log:\n%s", c.LogSince(0, 80))
+			}
+			c.Stop(10 * time.Second)
+			if err := c.Remove(); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+			if err := testkit.RemoveNamespaceCgroups(e.parent); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		})
+	}
+	if err != nil {
+		t.Fatalf("start a CRI containerd: %v", err)
+	}
+	ctx := namespaces.WithNamespace(te.ctx, criNamespace)
+	img, err := c.Import(ctx, te.h.s.imageTar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := derivePause(ctx, c.Client, img); err != nil {
+		t.Fatalf("pause image: %v", err)
+	}
+	conn, err := grpc.NewClient("unix://"+c.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	e.rt = runtimeapi.NewRuntimeServiceClient(conn)
+	return e
+}
+
+// derivePause stores pauseImage: img whose command sleeps forever, so a
+// pod sandbox stays up.
+func derivePause(ctx context.Context, cl *client.Client, img client.Image) error {
+	// A lease keeps the new blobs from the garbage collector until the
+	// image record refers to them.
+	ctx, done, err := cl.WithLease(ctx)
+	if err != nil {
+		return err
+	}
+	defer done(context.WithoutCancel(ctx))
+	cs := cl.ContentStore()
+	var m ocispec.Manifest
+	if err := readJSON(ctx, cs, img.Target(), &m); err != nil {
+		return err
+	}
+	var cfg ocispec.Image
+	if err := readJSON(ctx, cs, m.Config, &cfg); err != nil {
+		return err
+	}
+	cfg.Config.Cmd = []string{"sleep", "2147483647"}
+	cfgDesc, err := writeJSON(ctx, cs, m.Config.MediaType, cfg, nil)
+	if err != nil {
+		return err
+	}
+	m.Config = cfgDesc
+	refs := map[string]string{"containerd.io/gc.ref.content.config": cfgDesc.Digest.String()}
+	for i, l := range m.Layers {
+		refs[fmt.Sprintf("containerd.io/gc.ref.content.l.%d", i)] = l.Digest.String()
+	}
+	manDesc, err := writeJSON(ctx, cs, img.Target().MediaType, m, refs)
+	if err != nil {
+		return err
+	}
+	created, err := cl.ImageService().Create(ctx, images.Image{Name: pauseImage, Target: manDesc})
+	if err != nil {
+		return err
+	}
+	return client.NewImage(cl, created).Unpack(ctx, "")
+}
+
+func readJSON(ctx context.Context, cs content.Store, desc ocispec.Descriptor, v any) error {
+	b, err := content.ReadBlob(ctx, cs, desc)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+func writeJSON(ctx context.Context, cs content.Store, mediaType string, v any, labels map[string]string) (ocispec.Descriptor, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	desc := ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(b), Size: int64(len(b))}
+	err = content.WriteBlob(ctx, cs, desc.Digest.String(), bytes.NewReader(b), desc, content.WithLabels(labels))
+	return desc, err
+}
+
+// waitExited polls the container's CRI status (as kubelet's PLEG does)
+// until it has exited.
+func (e *criEnv) waitExited(ctx context.Context, id string) (*runtimeapi.ContainerStatus, error) {
+	for {
+		st, err := e.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+		if err != nil {
+			return nil, err
+		}
+		if st.Status.State == runtimeapi.ContainerState_CONTAINER_EXITED {
+			return st.Status, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("container %s still %s: %w", id, st.Status.State, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// TestCRIOOMKilled: what the project is for, seen the way kubelet sees it.
+// Through containerd's CRI, containers of one pod (so one shim) that
+// exceed their memory limit end EXITED with reason OOMKilled and exit code
+// 137, never a bare Error; and the pod's shim is gone once the pod is
+// removed.
+func TestCRIOOMKilled(t *testing.T) {
+	mem := requireOOM(t)
+	te := newTestEnv(t)
+	e := startCRI(t, te)
+	logDir := t.TempDir()
+	podCfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "oom-pod", Uid: "uid-" + te.h.token, Namespace: "default"},
+		LogDirectory: logDir,
+		Linux: &runtimeapi.LinuxPodSandboxConfig{
+			CgroupParent: "/" + e.parent,
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
+			},
+		},
+	}
+	pod, err := e.rt.RunPodSandbox(te.ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg})
+	if err != nil {
+		t.Fatalf("run pod sandbox: %v", err)
+	}
+	removed := false
+	t.Cleanup(func() {
+		if removed {
+			return
+		}
+		ctx, cancel := te.cleanupCtx()
+		defer cancel()
+		e.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod.PodSandboxId})
+		e.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod.PodSandboxId})
+	})
+
+	resources := &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: oomLimit}
+	if mem.swapLimit {
+		resources.MemorySwapLimitInBytes = oomLimit
+	}
+	const containers = 4
+	for i := range containers {
+		name := fmt.Sprintf("hog%d", i)
+		cfg := &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: name},
+			Image:    &runtimeapi.ImageSpec{Image: te.h.imageRef},
+			Command:  oomHog,
+			Linux:    &runtimeapi.LinuxContainerConfig{Resources: resources},
+			LogPath:  name + ".log",
+		}
+		cr, err := e.rt.CreateContainer(te.ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod.PodSandboxId, Config: cfg, SandboxConfig: podCfg})
+		if err != nil {
+			t.Fatalf("create container %s: %v", name, err)
+		}
+		if _, err := e.rt.StartContainer(te.ctx, &runtimeapi.StartContainerRequest{ContainerId: cr.ContainerId}); err != nil {
+			t.Fatalf("start container %s: %v", name, err)
+		}
+		st, err := e.waitExited(te.ctx, cr.ContainerId)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("container %s: %s, reason %s, exit code %d", name, st.State, st.Reason, st.ExitCode)
+		if st.Reason != "OOMKilled" || st.ExitCode != 137 {
+			t.Errorf("container %s: reason %q, exit code %d; want OOMKilled, 137 (%s)", name, st.Reason, st.ExitCode, st.Message)
+		}
+		if _, err := e.rt.RemoveContainer(te.ctx, &runtimeapi.RemoveContainerRequest{ContainerId: cr.ContainerId}); err != nil {
+			t.Fatalf("remove container %s: %v", name, err)
+		}
+	}
+
+	if _, err := e.rt.StopPodSandbox(te.ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod.PodSandboxId}); err != nil {
+		t.Fatalf("stop pod: %v", err)
+	}
+	if _, err := e.rt.RemovePodSandbox(te.ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod.PodSandboxId}); err != nil {
+		t.Fatalf("remove pod: %v", err)
+	}
+	removed = true
+	for _, p := range testkit.ShimProcesses(e.Address, te.h.shimPath) {
+		if err := testkit.WaitPidExit(p.PID, 10*time.Second); err != nil {
+			t.Errorf("pod shim still running after the pod was removed: %s", p)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(logDir, "hog0.log")); err != nil {
+		t.Errorf("no container log from CRI: %v", err)
+	}
+}
