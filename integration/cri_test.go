@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,6 +160,75 @@ func (e *criEnv) waitExited(ctx context.Context, id string) (*runtimeapi.Contain
 	}
 }
 
+// criPod is a host-network pod sandbox.
+type criPod struct {
+	e       *criEnv
+	id      string
+	cfg     *runtimeapi.PodSandboxConfig
+	removed bool
+}
+
+// runPod starts a pod sandbox; it is removed at cleanup unless the test
+// removed it.
+func (e *criEnv) runPod(t *testing.T, te *testEnv) *criPod {
+	t.Helper()
+	cfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "pod", Uid: "uid-" + te.h.token, Namespace: "default"},
+		LogDirectory: t.TempDir(),
+		Linux: &runtimeapi.LinuxPodSandboxConfig{
+			CgroupParent: "/" + e.parent,
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
+			},
+		},
+	}
+	r, err := e.rt.RunPodSandbox(te.ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+	if err != nil {
+		t.Fatalf("run pod sandbox: %v", err)
+	}
+	p := &criPod{e: e, id: r.PodSandboxId, cfg: cfg}
+	t.Cleanup(func() {
+		if p.removed {
+			return
+		}
+		ctx, cancel := te.cleanupCtx()
+		defer cancel()
+		e.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id})
+		e.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id})
+	})
+	return p
+}
+
+// remove stops and removes the pod, then checks that its shim ended.
+func (p *criPod) remove(t *testing.T, te *testEnv) {
+	t.Helper()
+	if _, err := p.e.rt.StopPodSandbox(te.ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		t.Fatalf("stop pod: %v", err)
+	}
+	if _, err := p.e.rt.RemovePodSandbox(te.ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		t.Fatalf("remove pod: %v", err)
+	}
+	p.removed = true
+	for _, sp := range testkit.ShimProcesses(p.e.Address, te.h.shimPath) {
+		if err := testkit.WaitPidExit(sp.PID, 10*time.Second); err != nil {
+			t.Errorf("pod shim still running after the pod was removed: %s", sp)
+		}
+	}
+}
+
+// startContainer creates and starts a container in the pod.
+func (p *criPod) startContainer(t *testing.T, te *testEnv, cfg *runtimeapi.ContainerConfig) string {
+	t.Helper()
+	cr, err := p.e.rt.CreateContainer(te.ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: p.id, Config: cfg, SandboxConfig: p.cfg})
+	if err != nil {
+		t.Fatalf("create container %s: %v", cfg.Metadata.Name, err)
+	}
+	if _, err := p.e.rt.StartContainer(te.ctx, &runtimeapi.StartContainerRequest{ContainerId: cr.ContainerId}); err != nil {
+		t.Fatalf("start container %s: %v", cfg.Metadata.Name, err)
+	}
+	return cr.ContainerId
+}
+
 // TestCRIOOMKilled: what the project is for, seen the way kubelet sees it.
 // Through containerd's CRI, containers of one pod (so one shim) that
 // exceed their memory limit end EXITED with reason OOMKilled and exit code
@@ -168,32 +238,7 @@ func TestCRIOOMKilled(t *testing.T) {
 	mem := requireOOM(t)
 	te := newTestEnv(t)
 	e := startCRI(t, te)
-	logDir := t.TempDir()
-	podCfg := &runtimeapi.PodSandboxConfig{
-		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "oom-pod", Uid: "uid-" + te.h.token, Namespace: "default"},
-		LogDirectory: logDir,
-		Linux: &runtimeapi.LinuxPodSandboxConfig{
-			CgroupParent: "/" + e.parent,
-			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
-			},
-		},
-	}
-	pod, err := e.rt.RunPodSandbox(te.ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg})
-	if err != nil {
-		t.Fatalf("run pod sandbox: %v", err)
-	}
-	removed := false
-	t.Cleanup(func() {
-		if removed {
-			return
-		}
-		ctx, cancel := te.cleanupCtx()
-		defer cancel()
-		e.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod.PodSandboxId})
-		e.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod.PodSandboxId})
-	})
-
+	pod := e.runPod(t, te)
 	resources := &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: oomLimit}
 	if mem.swapLimit {
 		resources.MemorySwapLimitInBytes = oomLimit
@@ -208,14 +253,8 @@ func TestCRIOOMKilled(t *testing.T) {
 			Linux:    &runtimeapi.LinuxContainerConfig{Resources: resources},
 			LogPath:  name + ".log",
 		}
-		cr, err := e.rt.CreateContainer(te.ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod.PodSandboxId, Config: cfg, SandboxConfig: podCfg})
-		if err != nil {
-			t.Fatalf("create container %s: %v", name, err)
-		}
-		if _, err := e.rt.StartContainer(te.ctx, &runtimeapi.StartContainerRequest{ContainerId: cr.ContainerId}); err != nil {
-			t.Fatalf("start container %s: %v", name, err)
-		}
-		st, err := e.waitExited(te.ctx, cr.ContainerId)
+		id := pod.startContainer(t, te, cfg)
+		st, err := e.waitExited(te.ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -223,24 +262,67 @@ func TestCRIOOMKilled(t *testing.T) {
 		if st.Reason != "OOMKilled" || st.ExitCode != 137 {
 			t.Errorf("container %s: reason %q, exit code %d; want OOMKilled, 137 (%s)", name, st.Reason, st.ExitCode, st.Message)
 		}
-		if _, err := e.rt.RemoveContainer(te.ctx, &runtimeapi.RemoveContainerRequest{ContainerId: cr.ContainerId}); err != nil {
+		if _, err := e.rt.RemoveContainer(te.ctx, &runtimeapi.RemoveContainerRequest{ContainerId: id}); err != nil {
 			t.Fatalf("remove container %s: %v", name, err)
 		}
 	}
 
-	if _, err := e.rt.StopPodSandbox(te.ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod.PodSandboxId}); err != nil {
-		t.Fatalf("stop pod: %v", err)
-	}
-	if _, err := e.rt.RemovePodSandbox(te.ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod.PodSandboxId}); err != nil {
-		t.Fatalf("remove pod: %v", err)
-	}
-	removed = true
-	for _, p := range testkit.ShimProcesses(e.Address, te.h.shimPath) {
-		if err := testkit.WaitPidExit(p.PID, 10*time.Second); err != nil {
-			t.Errorf("pod shim still running after the pod was removed: %s", p)
-		}
-	}
-	if _, err := os.Stat(filepath.Join(logDir, "hog0.log")); err != nil {
+	pod.remove(t, te)
+	if _, err := os.Stat(filepath.Join(pod.cfg.LogDirectory, "hog0.log")); err != nil {
 		t.Errorf("no container log from CRI: %v", err)
 	}
+}
+
+// TestCRIExecSyncUpdateStats: the other calls kubelet makes of a running
+// container, through containerd's CRI: ExecSync (exec probes) returns the
+// output and exit code, UpdateContainerResources (CPU manager, in-place
+// resize) reaches the container's cgroup, ContainerStats reads it.
+func TestCRIExecSyncUpdateStats(t *testing.T) {
+	te := newTestEnv(t)
+	e := startCRI(t, te)
+	pod := e.runPod(t, te)
+	id := pod.startContainer(t, te, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "sleeper"},
+		Image:    &runtimeapi.ImageSpec{Image: te.h.imageRef},
+		Command:  []string{"sleep", "1000"},
+		Linux:    &runtimeapi.LinuxContainerConfig{Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 64 << 20}},
+	})
+	execSync := func(cmd ...string) *runtimeapi.ExecSyncResponse {
+		t.Helper()
+		r, err := e.rt.ExecSync(te.ctx, &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: 30})
+		if err != nil {
+			t.Fatalf("exec sync %v: %v", cmd, err)
+		}
+		return r
+	}
+	r := execSync("sh", "-c", "echo out; echo err >&2; exit 3")
+	if string(r.Stdout) != "out\n" || string(r.Stderr) != "err\n" || r.ExitCode != 3 {
+		t.Errorf("exec sync: stdout %q, stderr %q, exit code %d; want out, err, 3", r.Stdout, r.Stderr, r.ExitCode)
+	}
+
+	const limit = 48 << 20
+	if _, err := e.rt.UpdateContainerResources(te.ctx, &runtimeapi.UpdateContainerResourcesRequest{
+		ContainerId: id,
+		Linux:       &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: limit},
+	}); err != nil {
+		t.Fatalf("update container resources: %v", err)
+	}
+	// The container's own cgroup, as it sees it: v1 or v2 (cgroup namespace).
+	r = execSync("sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max")
+	if got := strings.TrimSpace(string(r.Stdout)); got != fmt.Sprint(limit) {
+		t.Errorf("memory limit inside the container after the update: %q (%q), want %d", got, r.Stderr, limit)
+	}
+
+	stats, err := e.rt.ContainerStats(te.ctx, &runtimeapi.ContainerStatsRequest{ContainerId: id})
+	if err != nil {
+		t.Fatalf("container stats: %v", err)
+	}
+	if m := stats.GetStats().GetMemory(); m.GetWorkingSetBytes().GetValue() == 0 {
+		t.Errorf("container stats without memory working set: %v", stats.GetStats())
+	}
+
+	if _, err := e.rt.StopContainer(te.ctx, &runtimeapi.StopContainerRequest{ContainerId: id, Timeout: 0}); err != nil {
+		t.Fatalf("stop container: %v", err)
+	}
+	pod.remove(t, te)
 }
