@@ -54,6 +54,8 @@ type results struct {
 	parallel                  [2][]float64 // ms per round
 
 	startToOOM, oomToExit [2][]float64 // ms, from envelope timestamps
+	callToOOM             [2][]float64 // ms, from the client's Start call to the TaskOOM envelope
+	startStampLag         [2][]float64 // ms, TaskStart envelope minus the Start call's return
 	oomMissing, oomRuns   [2]int       // runs without a TaskOOM; all runs
 	oomLostEvents         [2]int       // runs without TaskStart or TaskExit
 	oomBadStatus          [2]int       // exit status other than 137

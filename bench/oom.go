@@ -183,7 +183,7 @@ func (e *env) ooms(ctx context.Context, r *results) error {
 // task is deleted only after its events arrived (or oomGrace passed), so a
 // shim that drops queued events at shutdown still yields a sample.
 func (e *env) oomSample(ctx context.Context, l *eventLog, r *results, s int, id string) error {
-	c, status, err := e.oomRun(ctx, id, e.shims()[s])
+	c, status, called, returned, err := e.oomRun(ctx, id, e.shims()[s])
 	if c != nil {
 		cs := []client.Container{c}
 		defer e.destroyLater(&cs)
@@ -213,38 +213,43 @@ func (e *env) oomSample(ctx context.Context, l *eventLog, r *results, s int, id 
 	}
 	r.startToOOM[s] = append(r.startToOOM[s], ms(t.oom.Sub(t.start)))
 	r.oomToExit[s] = append(r.oomToExit[s], ms(t.exit.Sub(t.oom)))
+	r.callToOOM[s] = append(r.callToOOM[s], ms(t.oom.Sub(called)))
+	r.startStampLag[s] = append(r.startStampLag[s], ms(t.start.Sub(returned)))
 	return nil
 }
 
 // oomRun runs one OOM container until its exit status is known and returns
-// it (and the container, to be destroyed by the caller).
-func (e *env) oomRun(ctx context.Context, id string, s shim) (client.Container, uint32, error) {
-	c, err := e.newContainer(ctx, id, s,
+// it (and the container, to be destroyed by the caller), with the times
+// the Start call was made and returned.
+func (e *env) oomRun(ctx context.Context, id string, s shim) (c client.Container, status uint32, called, returned time.Time, err error) {
+	c, err = e.newContainer(ctx, id, s,
 		oci.WithProcessArgs("dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"),
 		oci.WithMemoryLimit(oomLimit), oci.WithMemorySwap(oomLimit))
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, called, returned, err
 	}
 	t, err := c.NewTask(ctx, cio.NullIO)
 	if err != nil {
-		return c, 0, fmt.Errorf("create task %s: %w", id, err)
+		return c, 0, called, returned, fmt.Errorf("create task %s: %w", id, err)
 	}
 	exitCh, err := t.Wait(ctx)
 	if err != nil {
-		return c, 0, fmt.Errorf("wait %s: %w", id, err)
+		return c, 0, called, returned, fmt.Errorf("wait %s: %w", id, err)
 	}
+	called = time.Now()
 	if err := t.Start(ctx); err != nil {
-		return c, 0, fmt.Errorf("start %s: %w", id, err)
+		return c, 0, called, returned, fmt.Errorf("start %s: %w", id, err)
 	}
+	returned = time.Now()
 	select {
 	case st := <-exitCh:
 		if err := st.Error(); err != nil {
-			return c, 0, fmt.Errorf("exit status of %s: %w", id, err)
+			return c, 0, called, returned, fmt.Errorf("exit status of %s: %w", id, err)
 		}
-		return c, st.ExitCode(), nil
+		return c, st.ExitCode(), called, returned, nil
 	case <-time.After(time.Minute):
-		return c, 0, fmt.Errorf("%s (%s) did not exit within a minute", id, s.name)
+		return c, 0, called, returned, fmt.Errorf("%s (%s) did not exit within a minute", id, s.name)
 	case <-ctx.Done():
-		return c, 0, ctx.Err()
+		return c, 0, called, returned, ctx.Err()
 	}
 }
