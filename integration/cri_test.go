@@ -170,10 +170,10 @@ type criPod struct {
 
 // runPod starts a pod sandbox; it is removed at cleanup unless the test
 // removed it.
-func (e *criEnv) runPod(t *testing.T, te *testEnv) *criPod {
+func (e *criEnv) runPod(t *testing.T, te *testEnv, name string) *criPod {
 	t.Helper()
 	cfg := &runtimeapi.PodSandboxConfig{
-		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "pod", Uid: "uid-" + te.h.token, Namespace: "default"},
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Uid: name + "-" + te.h.token, Namespace: "default"},
 		LogDirectory: t.TempDir(),
 		Linux: &runtimeapi.LinuxPodSandboxConfig{
 			CgroupParent: "/" + e.parent,
@@ -210,6 +210,9 @@ func (p *criPod) remove(t *testing.T, te *testEnv) {
 	}
 	p.removed = true
 	for _, sp := range testkit.ShimProcesses(p.e.Address, te.h.shimPath) {
+		if sp.ID != p.id { // another pod's
+			continue
+		}
 		if err := testkit.WaitPidExit(sp.PID, 10*time.Second); err != nil {
 			t.Errorf("pod shim still running after the pod was removed: %s", sp)
 		}
@@ -230,46 +233,49 @@ func (p *criPod) startContainer(t *testing.T, te *testEnv, cfg *runtimeapi.Conta
 }
 
 // TestCRIOOMKilled: what the project is for, seen the way kubelet sees it.
-// Through containerd's CRI, containers of one pod (so one shim) that
-// exceed their memory limit end EXITED with reason OOMKilled and exit code
-// 137, never a bare Error; and the pod's shim is gone once the pod is
-// removed.
+// Through containerd's CRI, pods run side by side (one shim each), and in
+// each, containers that exceed their memory limit one after another end
+// EXITED with reason OOMKilled and exit code 137, never a bare Error; a
+// pod's shim is gone once the pod is removed.
 func TestCRIOOMKilled(t *testing.T) {
+	const pods, rounds = 2, 4
 	mem := requireOOM(t)
 	te := newTestEnv(t)
 	e := startCRI(t, te)
-	pod := e.runPod(t, te)
 	resources := &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: oomLimit}
 	if mem.swapLimit {
 		resources.MemorySwapLimitInBytes = oomLimit
 	}
-	const containers = 4
-	for i := range containers {
-		name := fmt.Sprintf("hog%d", i)
-		cfg := &runtimeapi.ContainerConfig{
-			Metadata: &runtimeapi.ContainerMetadata{Name: name},
-			Image:    &runtimeapi.ImageSpec{Image: te.h.imageRef},
-			Command:  oomHog,
-			Linux:    &runtimeapi.LinuxContainerConfig{Resources: resources},
-			LogPath:  name + ".log",
-		}
-		id := pod.startContainer(t, te, cfg)
-		st, err := e.waitExited(te.ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("container %s: %s, reason %s, exit code %d", name, st.State, st.Reason, st.ExitCode)
-		if st.Reason != "OOMKilled" || st.ExitCode != 137 {
-			t.Errorf("container %s: reason %q, exit code %d; want OOMKilled, 137 (%s)", name, st.Reason, st.ExitCode, st.Message)
-		}
-		if _, err := e.rt.RemoveContainer(te.ctx, &runtimeapi.RemoveContainerRequest{ContainerId: id}); err != nil {
-			t.Fatalf("remove container %s: %v", name, err)
-		}
-	}
-
-	pod.remove(t, te)
-	if _, err := os.Stat(filepath.Join(pod.cfg.LogDirectory, "hog0.log")); err != nil {
-		t.Errorf("no container log from CRI: %v", err)
+	for i := range pods {
+		t.Run(fmt.Sprintf("pod%d", i), func(t *testing.T) {
+			t.Parallel()
+			pod := e.runPod(t, te, fmt.Sprintf("oom-pod%d", i))
+			for round := range rounds {
+				name := fmt.Sprintf("hog%d", round)
+				id := pod.startContainer(t, te, &runtimeapi.ContainerConfig{
+					Metadata: &runtimeapi.ContainerMetadata{Name: name},
+					Image:    &runtimeapi.ImageSpec{Image: te.h.imageRef},
+					Command:  oomHog,
+					Linux:    &runtimeapi.LinuxContainerConfig{Resources: resources},
+					LogPath:  name + ".log",
+				})
+				st, err := e.waitExited(te.ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("container %s: %s, reason %s, exit code %d", name, st.State, st.Reason, st.ExitCode)
+				if st.Reason != "OOMKilled" || st.ExitCode != 137 {
+					t.Errorf("container %s: reason %q, exit code %d; want OOMKilled, 137 (%s)", name, st.Reason, st.ExitCode, st.Message)
+				}
+				if _, err := e.rt.RemoveContainer(te.ctx, &runtimeapi.RemoveContainerRequest{ContainerId: id}); err != nil {
+					t.Fatalf("remove container %s: %v", name, err)
+				}
+			}
+			pod.remove(t, te)
+			if _, err := os.Stat(filepath.Join(pod.cfg.LogDirectory, "hog0.log")); err != nil {
+				t.Errorf("no container log from CRI: %v", err)
+			}
+		})
 	}
 }
 
@@ -280,7 +286,7 @@ func TestCRIOOMKilled(t *testing.T) {
 func TestCRIExecSyncUpdateStats(t *testing.T) {
 	te := newTestEnv(t)
 	e := startCRI(t, te)
-	pod := e.runPod(t, te)
+	pod := e.runPod(t, te, "exec-pod")
 	id := pod.startContainer(t, te, &runtimeapi.ContainerConfig{
 		Metadata: &runtimeapi.ContainerMetadata{Name: "sleeper"},
 		Image:    &runtimeapi.ImageSpec{Image: te.h.imageRef},
