@@ -26,6 +26,10 @@ import (
 // ErrClosed is returned by Publish after Shutdown has begun.
 var ErrClosed = errors.New("event: sequencer is shut down")
 
+// ErrStalled is returned by Flush when a forward is failing: containerd is
+// not taking events right now. They stay queued and are retried.
+var ErrStalled = errors.New("event: forwarding is failing; events stay queued")
+
 // Forwarder delivers one envelope to containerd.
 type Forwarder interface {
 	Forward(ctx context.Context, env *types.Envelope) error
@@ -59,9 +63,11 @@ type Sequencer struct {
 	backoff   Backoff
 	now       func() time.Time
 
-	mu     sync.Mutex
-	queue  []item
-	closed bool
+	mu      sync.Mutex
+	queue   []item
+	closed  bool
+	failing chan struct{} // closed while the head event's forward is failing
+	failed  bool
 
 	wake    chan struct{} // cap 1: queue became non-empty or closed
 	stopped chan struct{} // closed when the loop has returned
@@ -82,6 +88,7 @@ func New(namespace string, fwd Forwarder, backoff Backoff) *Sequencer {
 		wake:      make(chan struct{}, 1),
 		stopped:   make(chan struct{}),
 		abort:     make(chan struct{}),
+		failing:   make(chan struct{}),
 	}
 	go s.loop()
 	return s
@@ -185,8 +192,10 @@ func (s *Sequencer) deliver(it item) {
 	var err error
 	for attempt := 1; ; attempt++ {
 		if err = s.fwd.Forward(ctx, it.env); err == nil {
+			s.setFailing(false)
 			return
 		}
+		s.setFailing(true)
 		if attempt >= s.backoff.Attempts {
 			break
 		}
@@ -206,6 +215,19 @@ func (s *Sequencer) deliver(it item) {
 	}
 	log.G(ctx).WithError(err).WithFields(log.Fields{"topic": it.env.Topic, "attempts": s.backoff.Attempts}).
 		Error("forward event failed; retries exhausted, event dropped")
+}
+
+// setFailing records whether forwarding fails, for Flush.
+func (s *Sequencer) setFailing(failing bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case failing && !s.failed:
+		close(s.failing)
+	case !failing && s.failed:
+		s.failing = make(chan struct{})
+	}
+	s.failed = failing
 }
 
 // Shutdown refuses new events, waits until every queued event has been
@@ -239,18 +261,23 @@ func (s *Sequencer) Shutdown(ctx context.Context) error {
 }
 
 // Flush waits until every event queued before the call has left the queue,
-// or ctx ends.
+// or ctx ends. While a forward is failing it returns ErrStalled at once:
+// waiting would only wait for containerd, which may itself be waiting for
+// the caller (containerd loads shims, and asks them to shut down, before it
+// serves events).
 func (s *Sequencer) Flush(ctx context.Context) error {
 	s.mu.Lock()
 	if len(s.queue) == 0 {
 		s.mu.Unlock()
 		return nil
 	}
-	last := s.queue[len(s.queue)-1].done
+	last, failing := s.queue[len(s.queue)-1].done, s.failing
 	s.mu.Unlock()
 	select {
 	case <-last:
 		return nil
+	case <-failing:
+		return ErrStalled
 	case <-ctx.Done():
 		return ctx.Err()
 	}

@@ -208,6 +208,33 @@ func TestFlush(t *testing.T) {
 	}
 }
 
+// While forwards fail (containerd not serving events), Flush returns
+// ErrStalled instead of waiting; the events stay queued, in order, and
+// leave once forwarding works again.
+func TestFlushStalled(t *testing.T) {
+	r := newRecorder()
+	r.failures["/tasks/exit"] = 3
+	r.gate = make(chan struct{})
+	s := New("ns", r, fast)
+	publish(t, s, "/tasks/exit")
+	publish(t, s, "/tasks/delete")
+	r.gate <- struct{}{} // the first attempt fails
+	if err := s.Flush(context.Background()); !errors.Is(err, ErrStalled) {
+		t.Fatalf("flush while forwarding fails: %v, want ErrStalled", err)
+	}
+	close(r.gate) // retries go ahead: two more failures, then success
+	if err := s.Flush(context.Background()); err != nil && !errors.Is(err, ErrStalled) {
+		t.Fatal(err)
+	}
+	shutdown(t, s)
+	if got := r.got(); !equal(got, []string{"/tasks/exit", "/tasks/delete"}) {
+		t.Fatalf("forwarded %v", got)
+	}
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatalf("flush after recovery: %v", err)
+	}
+}
+
 func TestNoGoroutineLeak(t *testing.T) {
 	before := runtime.NumGoroutine()
 	for i := 0; i < 20; i++ {

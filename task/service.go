@@ -520,7 +520,11 @@ func (s *Service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*task
 
 // Shutdown ends the shim once it holds no container (or at once with Now).
 // Every queued event is forwarded before the reply, so containerd never
-// sees the shim go away with a TaskExit or TaskDelete still inside it.
+// sees the shim go away with a TaskExit or TaskDelete still inside it;
+// unless forwarding is failing: containerd, when it starts, loads its shims
+// and shuts down those whose task ended while it was away before it serves
+// events, so the reply comes at once and the server forwards the events,
+// within their retries, before it exits.
 func (s *Service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	if len(s.containers) > 0 && !r.Now {
@@ -532,7 +536,14 @@ func (s *Service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*em
 	s.mu.Unlock()
 	if first {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownFlush)
-		if err := s.events.Flush(fctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		switch err := s.events.Flush(fctx); {
+		case errors.Is(err, event.ErrStalled):
+			// containerd is not taking events (it may be starting and
+			// asking this shim to shut down before it serves them): reply
+			// now; the server still forwards them, within their retries,
+			// before it exits.
+			log.G(ctx).Warn("containerd is not taking events; shutting down with events still queued")
+		case err != nil && !errors.Is(err, context.DeadlineExceeded):
 			log.G(ctx).WithError(err).Warn("flush events before shutdown")
 		}
 		cancel()

@@ -63,6 +63,7 @@ type Containerd struct {
 	Client *client.Client
 
 	toolsBin    string
+	clientOpts  []client.Opt
 	logFile     *os.File
 	cmd         *exec.Cmd
 	exited      chan struct{}
@@ -119,7 +120,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 // Start starts containerd and waits until it serves. A non-nil result
 // needs Stop and Remove even when err is set.
 func Start(ctx context.Context, o Options) (*Containerd, error) {
-	c := &Containerd{toolsBin: o.ToolsBin, exited: make(chan struct{})}
+	c := &Containerd{toolsBin: o.ToolsBin, clientOpts: o.ClientOpts, exited: make(chan struct{})}
 	for _, d := range []string{"/run/containerd", RuncRoot, "/run/containerd/s"} {
 		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
 			c.createdDirs = append(c.createdDirs, d)
@@ -167,10 +168,20 @@ func Start(ctx context.Context, o Options) (*Containerd, error) {
 	if err := os.WriteFile(c.ConfigPath, buf.Bytes(), 0o644); err != nil {
 		return c, err
 	}
-	return c, c.run(ctx, o.ClientOpts)
+	return c, c.run(ctx)
 }
 
-func (c *Containerd) run(ctx context.Context, copts []client.Opt) error {
+// Restart stops containerd (if it runs) and starts it again on the same
+// root, state and sockets, as an upgrade does; shims run on across it.
+// Client is a new client afterwards.
+func (c *Containerd) Restart(ctx context.Context, grace time.Duration) error {
+	c.Stop(grace)
+	c.exited = make(chan struct{})
+	c.waitErr = nil
+	return c.run(ctx)
+}
+
+func (c *Containerd) run(ctx context.Context) error {
 	f, err := os.OpenFile(c.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -190,7 +201,7 @@ func (c *Containerd) run(ctx context.Context, copts []client.Opt) error {
 		c.waitErr = cmd.Wait()
 		close(c.exited)
 	}()
-	cl, err := client.New(c.Address, append([]client.Opt{client.WithTimeout(10 * time.Second)}, copts...)...)
+	cl, err := client.New(c.Address, append([]client.Opt{client.WithTimeout(10 * time.Second)}, c.clientOpts...)...)
 	if err != nil {
 		return err
 	}
