@@ -46,10 +46,10 @@ type Backoff struct {
 	Max      time.Duration // cap on any single delay
 }
 
-// DefaultBackoff retries for about ten seconds before giving an event up:
-// long enough to ride out a containerd restart's socket gap, short enough
-// that a Wait is never held for long.
-var DefaultBackoff = Backoff{Attempts: 9, Initial: 20 * time.Millisecond, Max: 3 * time.Second}
+// DefaultBackoff makes 12 attempts per event, 14.1 s apart in all (20 ms
+// doubling, at most 3 s): long enough to ride out a containerd restart,
+// which loads its shims and its CRI state before it serves events again.
+var DefaultBackoff = Backoff{Attempts: 12, Initial: 20 * time.Millisecond, Max: 3 * time.Second}
 
 type item struct {
 	env  *types.Envelope

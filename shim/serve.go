@@ -31,8 +31,12 @@ const (
 	// readyFdEnv names the descriptor the server reports readiness on.
 	readyFdEnv = "SHIM_READY_FD"
 	readyOK    = "ok"
-	// stopTimeout bounds each step of the server's shutdown.
+	// stopTimeout bounds the ttrpc server's shutdown.
 	stopTimeout = 10 * time.Second
+	// drainTimeout bounds the event queue's last drain: longer than an
+	// event's retries (event.DefaultBackoff), so that events still queued
+	// when containerd was not taking them are retried to the end.
+	drainTimeout = 30 * time.Second
 )
 
 // serve is the long-running shim: it serves the task API until the last
@@ -146,7 +150,9 @@ func runServer(f flags, ready *os.File) error {
 		log.G(ctx).WithError(err).Warn("ttrpc server shutdown")
 		server.Close()
 	}
-	if err := events.Shutdown(sctx); err != nil {
+	dctx, dcancel := context.WithTimeout(ctx, drainTimeout)
+	defer dcancel()
+	if err := events.Shutdown(dctx); err != nil {
 		log.G(ctx).WithError(err).Error("event queue shutdown")
 	}
 	stopReaping()
