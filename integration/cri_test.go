@@ -40,32 +40,9 @@ type criEnv struct {
 // imports the test image and a pause image derived from it.
 func startCRI(t *testing.T, te *testEnv) *criEnv {
 	t.Helper()
-	c, err := testkit.Start(te.ctx, testkit.Options{
-		Prefix:   "oomshim-cri-",
-		Title:    "the oomshim CRI test",
-		Shim:     te.h.s.shimBinary,
-		ToolsBin: te.h.s.toolsBin,
-		LogLevel: "debug",
-		CRI:      &testkit.CRIOptions{SandboxImage: pauseImage},
-	})
-	e := &criEnv{Containerd: c, parent: "oomshim-cri-" + te.h.token}
-	if c != nil {
-		t.Cleanup(func() {
-			if t.Failed() {
-				t.Logf("CRI containerd log:\n%s", c.LogSince(0, 80))
-			}
-			c.Stop(10 * time.Second)
-			if err := c.Remove(); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-			if err := testkit.RemoveNamespaceCgroups(e.parent); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-		})
-	}
-	if err != nil {
-		t.Fatalf("start a CRI containerd: %v", err)
-	}
+	parent := "oomshim-cri-" + te.h.token
+	c := te.privateContainerd("oomshim-cri-", "the CRI test", &testkit.CRIOptions{SandboxImage: pauseImage}, parent)
+	e := &criEnv{Containerd: c, parent: parent}
 	ctx := namespaces.WithNamespace(te.ctx, criNamespace)
 	img, err := c.Import(ctx, te.h.s.imageTar)
 	if err != nil {

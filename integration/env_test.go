@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"oomshim/testkit"
+
 	"bytes"
 	"context"
 	"fmt"
@@ -55,6 +57,40 @@ func newTestEnvTimeout(t *testing.T, timeout time.Duration) *testEnv {
 		}
 	})
 	return &testEnv{t: t, h: h, c: h.Client, ns: ns, ctx: ctx, logStart: offset}
+}
+
+// privateContainerd starts a containerd of the test's own beside the
+// harness's (with CRI on when cri is set), our shim as runc's. At cleanup,
+// after the test's later cleanups, it is stopped and removed with the
+// cgroups named cgroups; its log is shown if the test failed.
+func (te *testEnv) privateContainerd(prefix, title string, cri *testkit.CRIOptions, cgroups string) *testkit.Containerd {
+	te.t.Helper()
+	d, err := testkit.Start(te.ctx, testkit.Options{
+		Prefix:   prefix,
+		Title:    title,
+		Shim:     te.h.s.shimBinary,
+		ToolsBin: te.h.s.toolsBin,
+		LogLevel: "debug",
+		CRI:      cri,
+	})
+	if d != nil {
+		te.t.Cleanup(func() {
+			if te.t.Failed() {
+				te.t.Logf("%s's containerd log:\n%s", title, d.LogSince(0, 100))
+			}
+			d.Stop(10 * time.Second)
+			if err := d.Remove(); err != nil {
+				te.t.Errorf("cleanup: %v", err)
+			}
+			if err := testkit.RemoveNamespaceCgroups(cgroups); err != nil {
+				te.t.Errorf("cleanup: %v", err)
+			}
+		})
+	}
+	if err != nil {
+		te.t.Fatalf("start %s's containerd: %v", title, err)
+	}
+	return d
 }
 
 // cleanupCtx is a fresh context for t.Cleanup work, which runs after the

@@ -22,40 +22,20 @@ import (
 // Delete with its status.
 func TestContainerdRestart(t *testing.T) {
 	te := newTestEnv(t)
-	d, err := testkit.Start(te.ctx, testkit.Options{
-		Prefix:   "oomshim-rst-",
-		Title:    "the containerd restart test",
-		Shim:     te.h.s.shimBinary,
-		ToolsBin: te.h.s.toolsBin,
-		LogLevel: "debug",
+	d := te.privateContainerd("oomshim-rst-", "the containerd restart test", nil, te.ns)
+	t.Cleanup(func() { // before the containerd is stopped
+		if d.Client == nil {
+			return
+		}
+		ctx, cancel := te.cleanupCtx()
+		defer cancel()
+		if c, err := d.Client.LoadContainer(ctx, "survivor"); err == nil {
+			if task, err := c.Task(ctx, nil); err == nil {
+				task.Delete(ctx, client.WithProcessKill)
+			}
+			c.Delete(ctx, client.WithSnapshotCleanup)
+		}
 	})
-	if d != nil {
-		t.Cleanup(func() {
-			ctx, cancel := te.cleanupCtx()
-			defer cancel()
-			if d.Client != nil {
-				if c, err := d.Client.LoadContainer(ctx, "survivor"); err == nil {
-					if task, err := c.Task(ctx, nil); err == nil {
-						task.Delete(ctx, client.WithProcessKill)
-					}
-					c.Delete(ctx, client.WithSnapshotCleanup)
-				}
-			}
-			if t.Failed() {
-				t.Logf("restarted containerd's log:\n%s", d.LogSince(0, 100))
-			}
-			d.Stop(10 * time.Second)
-			if err := d.Remove(); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-			if err := testkit.RemoveNamespaceCgroups(te.ns); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-		})
-	}
-	if err != nil {
-		t.Fatalf("start containerd: %v", err)
-	}
 	ctx := te.ctx
 	img, err := d.Import(ctx, te.h.s.imageTar)
 	if err != nil {
