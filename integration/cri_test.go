@@ -145,9 +145,15 @@ type criPod struct {
 	removed bool
 }
 
-// runPod starts a pod sandbox; it is removed at cleanup unless the test
-// removed it.
+// runPod starts a host-network pod sandbox; it is removed at cleanup unless
+// the test removed it.
 func (e *criEnv) runPod(t *testing.T, te *testEnv, name string) *criPod {
+	t.Helper()
+	return e.runPodWith(t, te, name, nil)
+}
+
+// runPodWith is runPod with the sandbox's config changed by edit first.
+func (e *criEnv) runPodWith(t *testing.T, te *testEnv, name string, edit func(*runtimeapi.PodSandboxConfig)) *criPod {
 	t.Helper()
 	cfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Uid: name + "-" + te.h.token, Namespace: "default"},
@@ -158,6 +164,9 @@ func (e *criEnv) runPod(t *testing.T, te *testEnv, name string) *criPod {
 				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
 			},
 		},
+	}
+	if edit != nil {
+		edit(cfg)
 	}
 	r, err := e.rt.RunPodSandbox(te.ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
 	if err != nil {

@@ -131,6 +131,11 @@ func Start(ctx context.Context, o Options) (*Containerd, error) {
 		return nil, err
 	}
 	c.Base = base
+	// 0711 as /run/containerd: a user-namespace container's root (an
+	// unprivileged host uid) must reach its bundle's rootfs below it.
+	if err := os.Chmod(base, 0o711); err != nil {
+		return c, err
+	}
 	c.Root = filepath.Join(base, "root")
 	c.State = filepath.Join(base, "state")
 	c.SocketDir = filepath.Join(base, "s")

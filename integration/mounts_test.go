@@ -1,0 +1,216 @@
+package integration
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// layers is how many layers the many-layer image has: with the overlay
+// snapshotter's paths its lowerdir option is far over a page, which
+// containerd's mount package shortens and a hand-written mount refused.
+const layers = 128
+
+// deriveLayered stores ref: img with layers-1 more layers, layer i adding
+// the empty file /layers/<i>, and unpacks it.
+func deriveLayered(ctx context.Context, cl *client.Client, img client.Image, ref string) (client.Image, error) {
+	ctx, done, err := cl.WithLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done(context.WithoutCancel(ctx))
+	cs := cl.ContentStore()
+	var m ocispec.Manifest
+	if err := readJSON(ctx, cs, img.Target(), &m); err != nil {
+		return nil, err
+	}
+	var cfg ocispec.Image
+	if err := readJSON(ctx, cs, m.Config, &cfg); err != nil {
+		return nil, err
+	}
+	for i := len(m.Layers); i < layers; i++ {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, h := range []*tar.Header{
+			{Name: "layers/", Typeflag: tar.TypeDir, Mode: 0o755},
+			{Name: "layers/" + strconv.Itoa(i), Typeflag: tar.TypeReg, Mode: 0o644},
+		} {
+			if err := tw.WriteHeader(h); err != nil {
+				return nil, err
+			}
+		}
+		if err := tw.Close(); err != nil {
+			return nil, err
+		}
+		// Uncompressed: the layer's digest is its diff ID.
+		desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(buf.Bytes()), Size: int64(buf.Len())}
+		if err := content.WriteBlob(ctx, cs, desc.Digest.String(), bytes.NewReader(buf.Bytes()), desc); err != nil {
+			return nil, err
+		}
+		m.Layers = append(m.Layers, desc)
+		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, desc.Digest)
+	}
+	cfgDesc, err := writeJSON(ctx, cs, m.Config.MediaType, cfg, nil)
+	if err != nil {
+		return nil, err
+	}
+	m.Config = cfgDesc
+	refs := map[string]string{"containerd.io/gc.ref.content.config": cfgDesc.Digest.String()}
+	for i, l := range m.Layers {
+		refs[fmt.Sprintf("containerd.io/gc.ref.content.l.%d", i)] = l.Digest.String()
+	}
+	manDesc, err := writeJSON(ctx, cs, img.Target().MediaType, m, refs)
+	if err != nil {
+		return nil, err
+	}
+	created, err := cl.ImageService().Create(ctx, images.Image{Name: ref, Target: manDesc})
+	if err != nil {
+		return nil, err
+	}
+	derived := client.NewImage(cl, created)
+	return derived, derived.Unpack(ctx, "")
+}
+
+// countLayers is a command that prints how many /layers files it sees.
+var countLayers = []string{"sh", "-c", "ls /layers | wc -l"}
+
+// TestManyLayerImage: an image of 128 layers (an overlay lowerdir list
+// several pages long) starts through ctr and through CRI, and the
+// container sees every layer.
+func TestManyLayerImage(t *testing.T) {
+	te := newTestEnv(t)
+	const ref = "oomshim.test/layers:128"
+	if _, err := deriveLayered(te.ctx, te.c, te.Image(), ref); err != nil {
+		t.Fatalf("derive the %d-layer image: %v", layers, err)
+	}
+	want := strconv.Itoa(layers - 1)
+	out, err := te.ctr(append([]string{"run", "--rm", ref, "layers-ctr"}, countLayers...)...)
+	if err != nil {
+		t.Fatalf("ctr run: %v: %s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n") // containerd's warnings first
+	if got := lines[len(lines)-1]; got != want {
+		t.Errorf("ctr run saw %q layer files, want %s", got, want)
+	}
+
+	e := startCRI(t, te)
+	ctx := namespaces.WithNamespace(te.ctx, criNamespace)
+	img, err := e.Client.GetImage(ctx, te.h.imageRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := deriveLayered(ctx, e.Client, img, ref); err != nil {
+		t.Fatalf("derive the %d-layer image for CRI: %v", layers, err)
+	}
+	pod := e.runPod(t, te, "layers-pod")
+	id := pod.startContainer(t, te, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "layers"},
+		Image:    &runtimeapi.ImageSpec{Image: ref},
+		Command:  countLayers,
+		LogPath:  "layers.log",
+	})
+	st, err := e.waitExited(te.ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ExitCode != 0 {
+		t.Errorf("CRI container: exit code %d (%s), want 0", st.ExitCode, st.Message)
+	}
+	log, err := os.ReadFile(filepath.Join(pod.cfg.LogDirectory, "layers.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(log), " F "+want+"\n") {
+		t.Errorf("CRI container log %q, want the line %s", log, want)
+	}
+	pod.remove(t, te)
+}
+
+// idmapSupported says whether the kernel can idmap a mount of the
+// filesystem that holds dir (tmpfs only from Linux 6.3).
+func idmapSupported(dir string) error {
+	src, err := os.MkdirTemp(dir, "idmap-probe-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(src)
+	dst := filepath.Join(src, "target")
+	if err := os.Mkdir(dst, 0o755); err != nil {
+		return err
+	}
+	ns, err := mount.GetUsernsFD("0:100000:65536", "0:100000:65536")
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	if err := mount.IDMapMount(src, dst, int(ns.Fd())); err != nil {
+		return err
+	}
+	return mount.UnmountAll(dst, 0)
+}
+
+// TestCRIUserNamespacePod: a Kubernetes user-namespace pod (hostUsers:
+// false) runs through CRI: the overlay snapshotter hands the shim an
+// overlay with uidmap=/gidmap= options, which must be mounted idmapped.
+func TestCRIUserNamespacePod(t *testing.T) {
+	te := newTestEnv(t)
+	e := startCRI(t, te)
+	if err := idmapSupported(e.Root); err != nil {
+		t.Skipf("this kernel cannot idmap the filesystem under containerd's root (%s): %v", e.Root, err)
+	}
+	const hostID, size = 1 << 20, 65536
+	userns := &runtimeapi.UserNamespace{
+		Mode: runtimeapi.NamespaceMode_POD,
+		Uids: []*runtimeapi.IDMapping{{HostId: hostID, ContainerId: 0, Length: size}},
+		Gids: []*runtimeapi.IDMapping{{HostId: hostID, ContainerId: 0, Length: size}},
+	}
+	pod := e.runPodWith(t, te, "userns-pod", func(cfg *runtimeapi.PodSandboxConfig) {
+		cfg.Linux.SecurityContext.NamespaceOptions.UsernsOptions = userns
+	})
+	id := pod.startContainer(t, te, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "userns"},
+		Image:    &runtimeapi.ImageSpec{Image: te.h.imageRef},
+		Command:  []string{"sh", "-c", "cat /proc/self/uid_map; stat -c %u:%g /bin/busybox"},
+		Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE, UsernsOptions: userns},
+		}},
+		LogPath: "userns.log",
+	})
+	st, err := e.waitExited(te.ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ExitCode != 0 {
+		t.Errorf("user-namespace container: exit code %d (%s), want 0", st.ExitCode, st.Message)
+	}
+	log, err := os.ReadFile(filepath.Join(pod.cfg.LogDirectory, "userns.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(log)), "\n") {
+		if f := strings.SplitN(l, " ", 4); len(f) == 4 { // time stream tag text
+			lines = append(lines, strings.Join(strings.Fields(f[3]), " "))
+		}
+	}
+	want := []string{fmt.Sprintf("0 %d %d", hostID, size), "0:0"}
+	if strings.Join(lines, "|") != strings.Join(want, "|") {
+		t.Errorf("inside the pod: %q, want %q (uid_map, then the image's root-owned files owned by root)", lines, want)
+	}
+	pod.remove(t, te)
+}
