@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"testing"
@@ -111,39 +112,97 @@ func TestTerminalCopies(t *testing.T) {
 	waitClosed(t, "drained", tt.drained)
 }
 
-// containerd's stdin ending (its writer closed, or CloseIO) hangs up the
-// terminal: the process reads EOF/EIO, and both copies end.
-func TestTerminalHangupOnStdinEOF(t *testing.T) {
-	for _, viaCloseIO := range []bool{false, true} {
-		name := "writer closed"
-		if viaCloseIO {
-			name = "CloseIO"
+// A client's writer closing does not end the terminal's stdin (it may
+// attach again); CloseIO does, after everything written before it has
+// reached the process: then the terminal is hung up, the process reads
+// EOF/EIO, and both copies end.
+func TestTerminalStdinReattachAndCloseIO(t *testing.T) {
+	t.Run("raw", func(t *testing.T) { terminalStdinRounds(t, false) })
+	t.Run("canonical", func(t *testing.T) { terminalStdinRounds(t, true) })
+}
+
+// terminalStdinRounds: in raw mode the process reads every byte, then EIO
+// from the hangup; in canonical mode (a shell) every line, then EOF (the
+// terminal's ^D), and it exits (closes the slave) before any hangup.
+func terminalStdinRounds(t *testing.T, canonical bool) {
+	want := "onetwo"
+	if canonical {
+		want = "one\ntwo\n"
+	}
+	for i := range 50 {
+		in := mkfifo(t, "stdin")
+		master, slave := newPty(t) // raw: bytes arrive as written, no echo
+		if canonical {
+			term, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			term.Lflag |= unix.ICANON
+			term.Cc[unix.VEOF] = 4
+			if err := unix.IoctlSetTermios(int(slave.Fd()), unix.TCSETS, term); err != nil {
+				t.Fatal(err)
+			}
 		}
-		t.Run(name, func(t *testing.T) {
-			in := mkfifo(t, "stdin")
-			master, slave := newPty(t)
-			tt, err := newTTY(context.Background(), master, nil, in)
-			if err != nil {
-				t.Fatal(err)
+		tt, err := newTTY(context.Background(), master, nil, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		type result struct {
+			got []byte
+			err error
+		}
+		read := make(chan result, 1)
+		go func() { // the process, reading its terminal until EOF or EIO
+			var r result
+			buf := make([]byte, 64)
+			for {
+				n, err := slave.Read(buf)
+				r.got = append(r.got, buf[:n]...)
+				if err != nil || n == 0 {
+					switch {
+					case canonical && err != io.EOF:
+						r.err = fmt.Errorf("read %v, want EOF", err)
+					case err != nil && !errors.Is(err, unix.EIO) && err != io.EOF:
+						r.err = err
+					}
+					if canonical {
+						slave.Close() // the process exits at EOF
+					}
+					read <- r
+					return
+				}
 			}
-			defer tt.Close()
-			w, err := os.OpenFile(in, os.O_WRONLY, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if viaCloseIO {
-				tt.CloseStdin()
-				defer w.Close()
-			} else {
-				w.Close()
-			}
-			waitClosed(t, "stdin copy end", tt.inDone)
-			waitClosed(t, "output copy end", tt.drained)
-			n, err := slave.Read(make([]byte, 1))
-			if n != 0 || (err != nil && !errors.Is(err, unix.EIO) && err != io.EOF) {
-				t.Fatalf("process read %d, %v after the hangup; want EOF or EIO", n, err)
-			}
-		})
+		}()
+		w, err := os.OpenFile(in, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write([]byte(want[:len(want)/2])); err != nil {
+			t.Fatal(err)
+		}
+		w.Close() // detach
+		w, err = os.OpenFile(in, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tt.CloseStdin() // CloseIO, with the client's writer still open
+		if _, err := w.Write([]byte(want[len(want)/2:])); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		waitClosed(t, fmt.Sprintf("round %d: stdin copy end", i), tt.inDone)
+		var r result
+		select {
+		case r = <-read:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: the process never read EOF or EIO", i)
+		}
+		if r.err != nil || string(r.got) != want {
+			t.Fatalf("round %d: process read %q, %v; want %q, then EOF or EIO", i, r.got, r.err, want)
+		}
+		waitClosed(t, "output copy end", tt.drained)
+		tt.Close()
+		slave.Close()
 	}
 }
 

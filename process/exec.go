@@ -2,6 +2,7 @@ package process
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -43,9 +44,10 @@ func NewExec(c ExecConfig) *Exec {
 
 // Start opens stdio and runs `runc exec --detach`, returning the new pid.
 func (e *Exec) Start(ctx context.Context) (int, error) {
-	if err := transition(e.Status(), Running); err != nil {
+	if err := e.claimStart(); err != nil {
 		return 0, err
 	}
+	defer e.endStart()
 	cfg := e.init.Config()
 	io, err := OpenIO(ctx, e.stdio, IOConfig{UID: cfg.IoUID, GID: cfg.IoGID, ContainerID: e.init.ID(), Namespace: cfg.Namespace})
 	if err != nil {
@@ -93,6 +95,9 @@ func (e *Exec) Kill(ctx context.Context, sig int) error {
 		return ErrExited
 	}
 	if err := unix.Kill(e.pid, unix.Signal(sig)); err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return ErrExited
+		}
 		return fmt.Errorf("kill exec %s (pid %d): %w", e.id, e.pid, err)
 	}
 	return nil

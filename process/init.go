@@ -12,6 +12,7 @@ import (
 	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"oomshim/runc"
 )
@@ -137,12 +138,10 @@ func (p *Init) forceDelete(ctx context.Context) {
 // Start runs `runc start`. The process may already have been reaped when
 // this returns; then it stays Stopped.
 func (p *Init) Start(ctx context.Context) error {
-	p.mu.Lock()
-	status := p.status
-	p.mu.Unlock()
-	if err := transition(status, Running); err != nil {
+	if err := p.claimStart(); err != nil {
 		return err
 	}
+	defer p.endStart()
 	if err := p.runtime.Start(ctx, p.id); err != nil {
 		return runc.WrapError("start", p.bundle, err)
 	}
@@ -155,21 +154,41 @@ func (p *Init) Start(ctx context.Context) error {
 }
 
 // Kill signals the init process, or with all every process in the
-// container.
+// container. With all it still reaches a stopped init's container, whose
+// other processes outlive the init when the container shares a PID
+// namespace (as the stock shim does); the container being gone is
+// ErrExited.
 func (p *Init) Kill(ctx context.Context, sig int, all bool) error {
 	p.mu.Lock()
 	s, reaped := p.status, p.reaped
 	p.mu.Unlock()
-	if s == Stopped || s == Deleted || reaped {
+	if s == Deleted || (!all && (s == Stopped || reaped)) {
 		return ErrExited
 	}
 	if err := p.runtime.Kill(ctx, p.id, sig, &gorunc.KillOpts{All: all}); err != nil {
-		if s := p.Status(); s == Stopped || s == Deleted {
+		if p.gone(ctx) {
 			return ErrExited
 		}
 		return runc.WrapError("kill", p.bundle, err)
 	}
 	return nil
+}
+
+// KillAll sends SIGKILL to every process of the container: what is left
+// of a container without a PID namespace of its own once its init exited.
+func (p *Init) KillAll(ctx context.Context) error {
+	return p.Kill(ctx, int(unix.SIGKILL), true)
+}
+
+// gone says, after a failed runc call, whether the container's init has
+// exited: recorded so, or runc reports the container stopped or unknown.
+// runc's state is asked rather than its error text matched.
+func (p *Init) gone(ctx context.Context) bool {
+	if s := p.Status(); s == Stopped || s == Deleted {
+		return true
+	}
+	st, err := p.runtime.State(ctx, p.id)
+	return err != nil || st.Status == "stopped"
 }
 
 // Pause freezes the running container with `runc pause`.
@@ -193,7 +212,7 @@ func (p *Init) setFrozen(ctx context.Context, frozen bool) error {
 		return err
 	}
 	if err := run(ctx, p.id); err != nil {
-		if s := p.Status(); s == Stopped || s == Deleted {
+		if p.gone(ctx) {
 			return ErrExited
 		}
 		return runc.WrapError(op, p.bundle, err)
@@ -213,7 +232,7 @@ func (p *Init) Update(ctx context.Context, r *specs.LinuxResources) error {
 		return ErrExited
 	}
 	if err := p.runtime.Update(ctx, p.id, r); err != nil {
-		if s := p.Status(); s == Stopped || s == Deleted {
+		if p.gone(ctx) {
 			return ErrExited
 		}
 		return runc.WrapError("update", p.bundle, err)

@@ -44,6 +44,7 @@ type base struct {
 	exited    chan struct{} // closed by SetExited
 	published <-chan struct{}
 	reaped    bool // the pid is gone, though the exit may not be recorded yet
+	starting  bool // a Start is under way
 }
 
 func newBase(id string, stdio Stdio) base {
@@ -72,6 +73,31 @@ func (b *base) State() State {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return State{ID: b.id, Pid: b.pid, Status: b.status, Exit: b.exit, Stdio: b.stdio}
+}
+
+// claimStart reserves the start of a Created process for one caller: a
+// concurrent second Start fails as if the process were already running, so
+// two Start calls never make two processes. The caller gives it back with
+// endStart.
+func (b *base) claimStart() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.starting {
+		return &TransitionError{From: Running, To: Running}
+	}
+	if err := transition(b.status, Running); err != nil {
+		return err
+	}
+	b.starting = true
+	return nil
+}
+
+// endStart ends a start claimed with claimStart; a failed start leaves the
+// process Created.
+func (b *base) endStart() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.starting = false
 }
 
 // SetExited records the reaped exit and moves the process to Stopped.

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sync"
 
-	"github.com/containerd/fifo"
 	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -37,9 +36,9 @@ type Stdio struct {
 // file description) and O_RDWR for fifos, so a containerd restart never
 // turns into EPIPE for the container.
 //
-// stdin goes through a pipe that the shim feeds from the fifo, because only
-// the shim can give the process its EOF when containerd calls CloseIO while
-// its own end of the fifo stays open.
+// stdin goes through a pipe that the shim feeds from the fifo (stdin.go):
+// the process gets EOF once containerd has called CloseIO and everything
+// written into the fifo before has been copied.
 //
 // With a logging binary (binary://), stdout and stderr are pipes into it
 // (logger.go), again written by the process itself. A process with a
@@ -50,8 +49,8 @@ type IO struct {
 	stdinR         *os.File // the process's end of the stdin pipe
 
 	mu     sync.Mutex
-	stdinW *os.File      // the shim's end, closed by CloseStdin
-	fifo   io.ReadCloser // containerd's stdin fifo
+	stdinW *os.File      // the shim's end, closed when the copy ends
+	fifo   *stdinFifo    // containerd's stdin fifo
 	copied chan struct{} // closed when the stdin copy has ended
 
 	terminal Stdio          // what Attach connects, for a terminal
@@ -194,7 +193,7 @@ func openFile(path string, flags int, perm uint32) (*os.File, error) {
 }
 
 func (p *IO) openStdin(ctx context.Context, path string) error {
-	f, err := fifo.OpenFifo(context.WithoutCancel(ctx), path, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	f, err := openStdinFifo(path)
 	if err != nil {
 		return err
 	}
@@ -209,14 +208,19 @@ func (p *IO) openStdin(ctx context.Context, path string) error {
 	return nil
 }
 
-// copyStdin feeds the process from containerd's fifo until the fifo ends,
-// CloseStdin, or Close.
+// copyStdin feeds the process from containerd's fifo until the fifo ends
+// (after CloseStdin) or Close, then gives the process EOF.
 func (p *IO) copyStdin(ctx context.Context, src io.Reader, dst io.Writer) {
 	defer close(p.copied)
-	if _, err := io.Copy(dst, src); err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, fifo.ErrReadClosed) && !errors.Is(err, unix.EPIPE) {
+	if _, err := io.Copy(dst, src); err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, unix.EPIPE) {
 		log.G(ctx).WithError(err).Debug("stdin copy ended")
 	}
-	p.CloseStdin()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stdinW != nil {
+		p.stdinW.Close()
+		p.stdinW = nil
+	}
 }
 
 // Set implements go-runc's IO: the runc command, and through it the
@@ -316,24 +320,23 @@ func (p *IO) Resize(width, height uint32) error {
 	return t.Resize(width, height)
 }
 
-// CloseStdin gives the process EOF on stdin (CloseIO); a terminal fed
-// from stdin is hung up.
+// CloseStdin is CloseIO: the process gets EOF on stdin once everything
+// written into the fifo before is copied and the clients' writers are
+// closed; a terminal fed from stdin is then hung up.
 func (p *IO) CloseStdin() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.tty != nil {
 		p.tty.CloseStdin()
 	}
-	if p.stdinW != nil {
-		p.stdinW.Close()
-		p.stdinW = nil
+	if p.fifo != nil {
+		p.fifo.CloseWrite()
 	}
 }
 
 // Close releases everything and waits for the copies to end.
 func (p *IO) Close() error {
 	p.CloseAfterStart()
-	p.CloseStdin()
 	p.mu.Lock()
 	f, copied := p.fifo, p.copied
 	p.fifo = nil

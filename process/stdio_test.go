@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -91,31 +92,71 @@ func TestOutputTargets(t *testing.T) {
 	}
 }
 
-func TestStdinCopyAndClose(t *testing.T) {
+// stdin as containerd's clients use it: a client writes, detaches (closes
+// its writer) and attaches again; the process sees no EOF until CloseIO,
+// and everything written before CloseIO reaches it, then EOF. Run many
+// times: the last write and CloseIO race the shim's copy.
+func TestStdinSurvivesReattachAndCloseIO(t *testing.T) {
+	path := mkfifo(t, "stdin")
+	for i := range 200 {
+		p, err := OpenIO(context.Background(), Stdio{Stdin: path}, IOConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		child := p.stdinR // what the process would read
+		w, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write([]byte("one\n")); err != nil {
+			t.Fatal(err)
+		}
+		w.Close() // detach
+		w, err = os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write([]byte("two\n")); err != nil {
+			t.Fatal(err)
+		}
+		p.CloseStdin() // CloseIO, with the client's writer still open
+		if _, err := w.Write([]byte("three\n")); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		got, err := io.ReadAll(child)
+		if err != nil || string(got) != "one\ntwo\nthree\n" {
+			t.Fatalf("round %d: process read %q, %v; want all three lines, then EOF", i, got, err)
+		}
+		child.Close()
+		p.stdinR = nil
+		p.Close() // must not hang: the copy goroutine has ended
+	}
+}
+
+// Close ends the stdin copy even while a client's writer stays open.
+func TestStdinCloseWithWriterOpen(t *testing.T) {
 	path := mkfifo(t, "stdin")
 	p, err := OpenIO(context.Background(), Stdio{Stdin: path}, IOConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	child := p.stdinR // what the process would read
 	w, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Write([]byte("data")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4)
-	if _, err := io.ReadFull(child, buf); err != nil || string(buf) != "data" {
-		t.Fatalf("process read %q, %v", buf, err)
-	}
-	// CloseIO while containerd still holds its end: the process gets EOF.
-	p.CloseStdin()
-	if n, err := child.Read(buf); n != 0 || err != io.EOF {
-		t.Fatalf("after CloseStdin read %d, %v; want EOF", n, err)
-	}
-	w.Close()
-	child.Close()
+	defer w.Close()
+	child := p.stdinR
 	p.stdinR = nil
-	p.Close() // must not hang: the copy goroutine ends
+	defer child.Close()
+	closed := make(chan struct{})
+	go func() {
+		p.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hung on the stdin copy")
+	}
 }

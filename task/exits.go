@@ -2,10 +2,14 @@ package task
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"oomshim/process"
@@ -23,6 +27,14 @@ const execExitGrace = 2 * time.Second
 // the exit; a background process still holding the terminal, or a reader
 // that stopped reading, costs this much delay and no more.
 const ttyDrainGrace = 2 * time.Second
+
+// execStopTimeout bounds how long a container's Delete waits for the
+// exits of execs that outlived their init, once it has killed them.
+const execStopTimeout = 5 * time.Second
+
+// killAllTimeout bounds the `runc kill --all` that ends what is left of a
+// container sharing a PID namespace once its init exited.
+const killAllTimeout = 10 * time.Second
 
 // proc is what the service needs of an init or exec process.
 type proc interface {
@@ -109,14 +121,18 @@ func (s *Service) reapedLocked(r running, e runc.Exit) {
 // unknown pids are kept, so a process that exits before its starter has
 // learned its pid is not lost. pid, if known (init start), is taken off the
 // running table so its exit also waits for endStart: the start event must be
-// queued before the exit event.
-func (s *Service) beginStart(pid int) {
+// queued before the exit event. held says whether it was taken off: when
+// not (a concurrent Start of the same init holds it), the caller's window
+// must not register or handle that pid.
+func (s *Service) beginStart(pid int) (held bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.starting++
 	if pid > 0 {
+		_, held = s.running[pid]
 		delete(s.running, pid)
 	}
+	return held
 }
 
 // endStart closes a start window. announce (may be nil) queues the event
@@ -126,14 +142,15 @@ func (s *Service) beginStart(pid int) {
 func (s *Service) endStart(r *running, announce func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.endStartLocked(r, announce)
+}
+
+func (s *Service) endStartLocked(r *running, announce func()) {
 	s.starting--
 	if announce != nil {
 		announce()
 	}
 	if pid := r.pid(); pid > 0 {
-		if r.execID != "" {
-			r.c.runningExecs++ // exitLocked counts it down
-		}
 		if e, ok := s.takePending(pid); ok {
 			s.reapedLocked(*r, e)
 		} else if r.p.State().Status != process.Stopped {
@@ -148,6 +165,39 @@ func (s *Service) endStart(r *running, announce func()) {
 	}
 }
 
+// beginExecStart counts an exec as running from the moment its Start is
+// called: if the init dies while `runc exec` is still at work, the init's
+// TaskExit waits until this exec has started and exited, or failed to
+// start. It opens a start window (beginStart). An exec does not start in
+// a paused container, nor once the init has exited.
+func (s *Service) beginExecStart(c *container) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.initExited {
+		return fmt.Errorf("container %s init process is not running: %w", c.init.ID(), errdefs.ErrFailedPrecondition)
+	}
+	if st := c.init.Status(); st == process.Paused {
+		return fmt.Errorf("start exec in a paused container: %w", errdefs.ErrFailedPrecondition)
+	}
+	c.runningExecs++
+	c.startingExecs++
+	s.starting++
+	return nil
+}
+
+// endExecStart closes an exec's start window; r is nil when it failed, and
+// the exec no longer counts as running.
+func (s *Service) endExecStart(c *container, r *running, announce func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c.startingExecs--
+	if r == nil {
+		c.runningExecs--
+	}
+	s.endStartLocked(r, announce)
+	s.flushInitIfDueLocked(c)
+}
+
 func (s *Service) takePending(pid int) (runc.Exit, bool) {
 	for i, e := range s.pending {
 		if e.Pid == pid {
@@ -159,35 +209,97 @@ func (s *Service) takePending(pid int) (runc.Exit, bool) {
 }
 
 // exitLocked handles one reaped process. An exec's exit is published at
-// once; an init's waits until its container has no running exec, so that
-// every exec's TaskExit precedes the init's.
+// once; an init's waits until its container has no exec running or
+// starting, so that every exec's TaskExit precedes the init's. A container
+// without a PID namespace of its own loses its other processes with its
+// init, as with the stock shim: they are killed (`runc kill --all`).
 func (s *Service) exitLocked(r running, e runc.Exit) {
 	c := r.c
 	if r.execID != "" {
 		c.runningExecs--
 		s.checkOOMLocked(c)
 		s.publishExitLocked(c, r.p, e)
-		if c.runningExecs == 0 && c.pendingInit != nil {
-			s.flushInitExitLocked(c)
-		}
+		s.flushInitIfDueLocked(c)
 		return
+	}
+	c.initExited = true
+	if c.sharedPID {
+		go s.killAll(c)
 	}
 	if c.runningExecs > 0 {
 		c.pendingInit = &e
 		c.graceTimer = time.AfterFunc(execExitGrace, func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			if c.pendingInit != nil {
-				log.G(s.ctx).WithField("container_id", c.init.ID()).Warn("exec processes outlived their init; publishing its exit")
-				s.flushInitExitLocked(c)
-			}
+			c.graceExpired = true
+			s.flushInitIfDueLocked(c)
 		})
 		return
 	}
 	s.publishInitExitLocked(c, e)
 }
 
-func (s *Service) flushInitExitLocked(c *container) {
+// killAll kills what is left of a container whose init exited while it
+// shares a PID namespace. It runs off the reaper's path (runc takes
+// milliseconds), bounded by killAllTimeout.
+func (s *Service) killAll(c *container) {
+	ctx, cancel := context.WithTimeout(s.ctx, killAllTimeout)
+	defer cancel()
+	if err := c.init.KillAll(ctx); err != nil && !errors.Is(err, process.ErrExited) {
+		log.G(ctx).WithError(err).WithField("container_id", c.init.ID()).Warn("kill the processes left after the init exited")
+	}
+}
+
+// endExecs kills the execs still running in a container whose init has
+// exited (they outlived it by execExitGrace) and waits, bounded, until
+// their exits are published. So Delete never drops a running exec with its
+// stdio open, and no exec's TaskExit follows the container's TaskDelete.
+// An exec that does not die in time fails the Delete (FailedPrecondition).
+func (s *Service) endExecs(ctx context.Context, c *container) error {
+	s.mu.Lock()
+	var live []execProcess
+	for _, e := range c.execs {
+		if e.State().Status == process.Running {
+			live = append(live, e)
+		}
+	}
+	s.mu.Unlock()
+	if len(live) == 0 {
+		return nil
+	}
+	if c.sharedPID {
+		if err := c.init.KillAll(ctx); err != nil && !errors.Is(err, process.ErrExited) {
+			log.G(ctx).WithError(err).Warn("kill the container's processes before delete")
+		}
+	}
+	for _, e := range live {
+		if err := e.Kill(ctx, int(unix.SIGKILL)); err != nil && !errors.Is(err, process.ErrExited) {
+			log.G(ctx).WithError(err).WithField("exec_id", e.ID()).Warn("kill exec before delete")
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, execStopTimeout)
+	defer cancel()
+	for _, e := range live {
+		if _, err := e.Wait(wctx); err != nil {
+			return fmt.Errorf("exec %s still running %s after SIGKILL: %w", e.ID(), execStopTimeout, errdefs.ErrFailedPrecondition)
+		}
+	}
+	return nil
+}
+
+// flushInitIfDueLocked publishes an init exit held for the container's
+// execs once none is starting and none is running (or execExitGrace has
+// passed since the init exited).
+func (s *Service) flushInitIfDueLocked(c *container) {
+	if c.pendingInit == nil || c.startingExecs > 0 {
+		return
+	}
+	if c.runningExecs > 0 {
+		if !c.graceExpired {
+			return
+		}
+		log.G(s.ctx).WithField("container_id", c.init.ID()).Warn("exec processes outlived their init; publishing its exit")
+	}
 	e := *c.pendingInit
 	c.pendingInit = nil
 	if c.graceTimer != nil {

@@ -25,6 +25,9 @@ type fakeProc struct {
 
 	onStart  func() // runs inside Start, before it returns
 	startPid int    // pid Start reports (exec) or sets
+	startErr error  // what Start fails with (exec)
+	starting bool   // a Start is under way (process.base's claim)
+	onKill   func() // runs inside Kill
 
 	drained chan struct{} // a terminal's output copy; nil for none
 	reaped  bool
@@ -100,15 +103,39 @@ func (f *fakeProc) Resize(width, height uint32) error {
 	return nil
 }
 
-func (f *fakeProc) start() {
+// start claims the start as process.base does, runs onStart, and moves
+// to Running unless startErr is set.
+func (f *fakeProc) start() error {
+	f.mu.Lock()
+	if f.starting || f.st != process.Created {
+		from := f.st
+		if f.starting {
+			from = process.Running
+		}
+		f.mu.Unlock()
+		return &process.TransitionError{From: from, To: process.Running}
+	}
+	f.starting = true
+	f.mu.Unlock()
 	if f.onStart != nil {
 		f.onStart()
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.starting = false
+	if f.startErr != nil {
+		return f.startErr
+	}
 	if f.st == process.Created {
 		f.st = process.Running
 	}
-	f.mu.Unlock()
+	return nil
+}
+
+func (f *fakeProc) killed() {
+	if f.onKill != nil {
+		f.onKill()
+	}
 }
 
 func (f *fakeProc) del() error {
@@ -123,8 +150,9 @@ func (f *fakeProc) del() error {
 
 type fakeInit struct {
 	*fakeProc
-	bundle  string
-	updates []*specs.LinuxResources // what Update was given
+	bundle   string
+	updates  []*specs.LinuxResources // what Update was given
+	killAlls chan struct{}           // gets one value per KillAll, if set
 }
 
 func (f *fakeInit) Bundle() string                   { return f.bundle }
@@ -132,21 +160,22 @@ func (f *fakeInit) Cgroup() *runc.Cgroup             { return nil }
 func (f *fakeInit) Runtime() *gorunc.Runc            { return nil }
 func (f *fakeInit) Config() runc.Config              { return runc.Config{} }
 func (f *fakeInit) Create(ctx context.Context) error { return nil }
-func (f *fakeInit) Start(ctx context.Context) error {
-	if s := f.Status(); s != process.Created {
-		return &process.TransitionError{From: s, To: process.Running}
-	}
-	f.start()
-	return nil
-}
+func (f *fakeInit) Start(ctx context.Context) error { return f.start() }
 func (f *fakeInit) Kill(ctx context.Context, sig int, all bool) error {
 	f.mu.Lock()
 	s, reaped := f.st, f.reaped
 	f.mu.Unlock()
-	if s == process.Stopped || s == process.Deleted || reaped {
+	if s == process.Deleted || (!all && (s == process.Stopped || reaped)) {
 		return process.ErrExited
 	}
+	f.killed()
 	return nil
+}
+func (f *fakeInit) KillAll(ctx context.Context) error {
+	if f.killAlls != nil {
+		f.killAlls <- struct{}{}
+	}
+	return f.Kill(ctx, 9, true)
 }
 func (f *fakeInit) Pids(ctx context.Context) ([]int, error) { return []int{f.Pid()}, nil }
 func (f *fakeInit) Delete(ctx context.Context) error        { return f.del() }
@@ -175,10 +204,15 @@ func (f *fakeInit) Update(ctx context.Context, r *specs.LinuxResources) error {
 	return nil
 }
 
-type fakeExec struct{ *fakeProc }
+type fakeExec struct {
+	*fakeProc
+	spec *specs.Process // as the service passed it
+}
 
 func (f *fakeExec) Start(ctx context.Context) (int, error) {
-	f.start()
+	if err := f.start(); err != nil {
+		return 0, err
+	}
 	f.mu.Lock()
 	f.pid = f.startPid
 	f.mu.Unlock()
@@ -186,10 +220,12 @@ func (f *fakeExec) Start(ctx context.Context) (int, error) {
 }
 func (f *fakeExec) Kill(ctx context.Context, sig int) error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.reaped || f.st == process.Stopped || f.st == process.Deleted {
+	gone := f.reaped || f.st == process.Stopped || f.st == process.Deleted
+	f.mu.Unlock()
+	if gone {
 		return process.ErrExited
 	}
+	f.killed()
 	return nil
 }
 func (f *fakeExec) Delete(ctx context.Context) error { return f.del() }

@@ -41,6 +41,7 @@ type initProcess interface {
 	Create(ctx context.Context) error
 	Start(ctx context.Context) error
 	Kill(ctx context.Context, sig int, all bool) error
+	KillAll(ctx context.Context) error
 	Pids(ctx context.Context) ([]int, error)
 	Update(ctx context.Context, r *specs.LinuxResources) error
 	Pause(ctx context.Context) error
@@ -69,12 +70,18 @@ var runcFactory = factory{
 
 // container is one container of the shim: its init and its execs.
 type container struct {
-	init         initProcess
-	execs        map[string]execProcess
-	runningExecs int
-	pendingInit  *runc.Exit // init reaped while execs still ran
-	graceTimer   *time.Timer
-	finalOOM     *oom.Counts // the OOM watch's last word, once the init exited
+	init      initProcess
+	execs     map[string]execProcess
+	sharedPID bool // no PID namespace of its own: kill the rest when the init exits
+
+	// Exit ordering (exits.go), guarded by Service.mu.
+	runningExecs  int         // execs started or starting, not yet reaped
+	startingExecs int         // execs inside their Start
+	initExited    bool        // the init was reaped: no exec starts any more
+	pendingInit   *runc.Exit  // init reaped while execs still ran or started
+	graceTimer    *time.Timer // sets graceExpired
+	graceExpired  bool        // execExitGrace passed since the init exited
+	finalOOM      *oom.Counts // the OOM watch's last word, once the init exited
 }
 
 // oomWatcher is the OOM watcher (*oom.Watcher).
@@ -207,7 +214,8 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
 		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
 	}
-	if err := checkBundle(r.Bundle); err != nil {
+	bundle, err := checkBundle(r.Bundle)
+	if err != nil {
 		return nil, err
 	}
 	opts, err := runtimeOptions(r.Options)
@@ -229,7 +237,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		Stdio:   process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		Runtime: cfg,
 	})
-	c := &container{init: init, execs: make(map[string]execProcess)}
+	c := &container{init: init, execs: make(map[string]execProcess), sharedPID: bundle.sharedPID}
 
 	s.beginStart(0)
 	if err := init.Create(ctx); err != nil {
@@ -270,7 +278,7 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (_ *taskap
 	}
 	if e == nil {
 		pid := c.init.Pid()
-		s.beginStart(pid)
+		held := s.beginStart(pid)
 		err := c.init.Start(ctx)
 		var announce func()
 		if err == nil {
@@ -278,22 +286,25 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (_ *taskap
 				s.queue(ctx, "/tasks/start", &eventstypes.TaskStart{ContainerID: r.ID, Pid: uint32(pid)})
 			}
 		}
-		s.endStart(&running{c: c, p: c.init}, announce)
+		run := &running{c: c, p: c.init}
+		if !held {
+			run = nil // a concurrent Start's window has the pid
+		}
+		s.endStart(run, announce)
 		if err != nil {
 			return nil, err
 		}
 		return &taskapi.StartResponse{Pid: uint32(pid)}, nil
 	}
-	if st := c.init.Status(); st == process.Paused {
-		return nil, fmt.Errorf("start exec in a paused container: %w", errdefs.ErrFailedPrecondition)
-	}
-	s.beginStart(0)
-	pid, err := e.Start(ctx)
-	if err != nil {
-		s.endStart(nil, nil)
+	if err := s.beginExecStart(c); err != nil {
 		return nil, err
 	}
-	s.endStart(&running{c: c, p: e, execID: r.ExecID}, func() {
+	pid, err := e.Start(ctx)
+	if err != nil {
+		s.endExecStart(c, nil, nil)
+		return nil, err
+	}
+	s.endExecStart(c, &running{c: c, p: e, execID: r.ExecID}, func() {
 		s.queue(ctx, "/tasks/exec-started", &eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: uint32(pid)})
 	})
 	return &taskapi.StartResponse{Pid: uint32(pid)}, nil
@@ -317,6 +328,11 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (_ *task
 		return deleteResponse(e.State()), nil
 	}
 	st := c.init.State()
+	if st.Status == process.Stopped {
+		if err := s.endExecs(ctx, c); err != nil {
+			return nil, err
+		}
+	}
 	if st.Status == process.Created {
 		// runc delete --force kills the never-started init; that exit is
 		// not a task exit.
@@ -381,6 +397,9 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (_ *e
 	if _, ok := c.execs[r.ExecID]; ok {
 		return nil, fmt.Errorf("exec %q: %w", r.ExecID, errdefs.ErrAlreadyExists)
 	}
+	// The request's terminal flag wins over the spec's, as with the stock
+	// shim (runc refuses a console socket for a spec without a terminal).
+	spec.Terminal = r.Terminal
 	if st := c.init.Status(); st != process.Running {
 		return nil, fmt.Errorf("exec in a %s container: %w", st, errdefs.ErrFailedPrecondition)
 	}

@@ -88,7 +88,7 @@ func newHarness(t *testing.T, rec *recorder) *harness {
 		},
 		newExec: func(c process.ExecConfig) execProcess {
 			h.nextPid++
-			f := &fakeExec{newFakeProc(c.ID, 0)}
+			f := &fakeExec{fakeProc: newFakeProc(c.ID, 0), spec: c.Spec}
 			f.startPid = h.nextPid
 			h.execs[c.ID] = f
 			return f
@@ -102,9 +102,14 @@ func newHarness(t *testing.T, rec *recorder) *harness {
 	return h
 }
 
-func (h *harness) bundle() string {
+// bundleConfig is a container with a PID namespace of its own.
+const bundleConfig = `{"process":{"args":["sh"]},"linux":{"namespaces":[{"type":"pid"}]}}`
+
+func (h *harness) bundle() string { return h.bundleWith(bundleConfig) }
+
+func (h *harness) bundleWith(config string) string {
 	dir := h.t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"process":{"args":["sh"]}}`), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(config), 0o600); err != nil {
 		h.t.Fatal(err)
 	}
 	return dir
@@ -112,11 +117,16 @@ func (h *harness) bundle() string {
 
 func (h *harness) create(id string) *fakeInit {
 	h.t.Helper()
+	return h.createIn(id, h.bundle())
+}
+
+func (h *harness) createIn(id, bundle string) *fakeInit {
+	h.t.Helper()
 	opts, err := typeurl.MarshalAnyToProto(&options.Options{BinaryName: "/bin/true"})
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	if _, err := h.svc.Create(context.Background(), &taskapi.CreateTaskRequest{ID: id, Bundle: h.bundle(), Options: opts}); err != nil {
+	if _, err := h.svc.Create(context.Background(), &taskapi.CreateTaskRequest{ID: id, Bundle: bundle, Options: opts}); err != nil {
 		h.t.Fatalf("create %s: %v", id, err)
 	}
 	return h.inits[id]

@@ -23,32 +23,57 @@ func init() {
 	typeurl.Register(&specs.LinuxResources{}, "types.containerd.io", "opencontainers/runtime-spec", major, "LinuxResources")
 }
 
+// bundleInfo is what the shim itself needs of a bundle's config.json.
+type bundleInfo struct {
+	// sharedPID: the container has no PID namespace of its own (pod
+	// shareProcessNamespace, hostPID, or none in the spec), so its
+	// processes do not die with its init.
+	sharedPID bool
+}
+
 // checkBundle verifies that bundle is an absolute directory holding a
-// config.json that is one JSON object with a process object. The rest is
+// config.json that is one JSON object with a process object, and reads
+// whether the container has a PID namespace of its own. The rest is
 // runc's to validate: decoding the whole OCI spec here would build and
 // keep encoding/json's metadata for every spec type (about 0.2 MB) in a
 // shim whose heap is otherwise never collected.
-func checkBundle(bundle string) error {
+func checkBundle(bundle string) (bundleInfo, error) {
 	if bundle == "" || !filepath.IsAbs(bundle) || filepath.Clean(bundle) != bundle {
-		return fmt.Errorf("bundle %q must be a clean absolute path: %w", bundle, errdefs.ErrInvalidArgument)
+		return bundleInfo{}, fmt.Errorf("bundle %q must be a clean absolute path: %w", bundle, errdefs.ErrInvalidArgument)
 	}
 	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("bundle %s has no config.json: %w", bundle, errdefs.ErrInvalidArgument)
+			return bundleInfo{}, fmt.Errorf("bundle %s has no config.json: %w", bundle, errdefs.ErrInvalidArgument)
 		}
-		return fmt.Errorf("read bundle config: %w", err)
+		return bundleInfo{}, fmt.Errorf("read bundle config: %w", err)
 	}
 	var spec struct {
 		Process json.RawMessage `json:"process"`
+		Linux   *struct {
+			Namespaces []struct {
+				Type string `json:"type"`
+				Path string `json:"path"`
+			} `json:"namespaces"`
+		} `json:"linux"`
 	}
 	if err := json.Unmarshal(data, &spec); err != nil {
-		return fmt.Errorf("malformed %s: %v: %w", filepath.Join(bundle, "config.json"), err, errdefs.ErrInvalidArgument)
+		return bundleInfo{}, fmt.Errorf("malformed %s: %v: %w", filepath.Join(bundle, "config.json"), err, errdefs.ErrInvalidArgument)
 	}
 	if len(spec.Process) == 0 || spec.Process[0] != '{' {
-		return fmt.Errorf("%s has no process object: %w", filepath.Join(bundle, "config.json"), errdefs.ErrInvalidArgument)
+		return bundleInfo{}, fmt.Errorf("%s has no process object: %w", filepath.Join(bundle, "config.json"), errdefs.ErrInvalidArgument)
 	}
-	return nil
+	// As the stock shim decides it: a new PID namespace is one of type
+	// pid with no path to join.
+	info := bundleInfo{sharedPID: true}
+	if spec.Linux != nil {
+		for _, ns := range spec.Linux.Namespaces {
+			if ns.Type == string(specs.PIDNamespace) && ns.Path == "" {
+				info.sharedPID = false
+			}
+		}
+	}
+	return info, nil
 }
 
 // runtimeOptions decodes the runc options of a Create; nil means defaults.

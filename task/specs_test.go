@@ -10,24 +10,30 @@ import (
 
 func TestCheckBundle(t *testing.T) {
 	for _, tc := range []struct {
-		name, config string
-		ok           bool
+		name, config  string
+		ok, sharedPID bool
 	}{
-		{"process", `{"ociVersion":"1.2.0","process":{"args":["sh"]},"linux":{"resources":{}}}`, true},
-		{"not json", `{"process": {`, false},
-		{"not an object", `[1]`, false},
-		{"no process", `{"ociVersion":"1.2.0"}`, false},
-		{"null process", `{"process":null}`, false},
-		{"process not an object", `{"process":"sh"}`, false},
+		{"process", `{"ociVersion":"1.2.0","process":{"args":["sh"]},"linux":{"resources":{}}}`, true, true},
+		{"own pid namespace", `{"process":{},"linux":{"namespaces":[{"type":"mount"},{"type":"pid"}]}}`, true, false},
+		{"pod's pid namespace", `{"process":{},"linux":{"namespaces":[{"type":"pid","path":"/proc/1/ns/pid"}]}}`, true, true},
+		{"host pid", `{"process":{},"linux":{"namespaces":[{"type":"mount"}]}}`, true, true},
+		{"not json", `{"process": {`, false, false},
+		{"not an object", `[1]`, false, false},
+		{"no process", `{"ociVersion":"1.2.0"}`, false, false},
+		{"null process", `{"process":null}`, false, false},
+		{"process not an object", `{"process":"sh"}`, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(tc.config), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			err := checkBundle(dir)
+			info, err := checkBundle(dir)
 			if tc.ok && err != nil {
 				t.Fatalf("checkBundle: %v", err)
+			}
+			if tc.ok && info.sharedPID != tc.sharedPID {
+				t.Fatalf("sharedPID %v, want %v", info.sharedPID, tc.sharedPID)
 			}
 			if !tc.ok && !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("checkBundle: %v, want InvalidArgument", err)
@@ -35,7 +41,7 @@ func TestCheckBundle(t *testing.T) {
 		})
 	}
 	for _, bundle := range []string{"", "rel/dir", "/a/../b", filepath.Join(t.TempDir(), "none")} {
-		if err := checkBundle(bundle); !errdefs.IsInvalidArgument(err) {
+		if _, err := checkBundle(bundle); !errdefs.IsInvalidArgument(err) {
 			t.Fatalf("checkBundle(%q): %v, want InvalidArgument", bundle, err)
 		}
 	}
