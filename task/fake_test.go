@@ -160,7 +160,7 @@ func (f *fakeInit) Cgroup() *runc.Cgroup             { return nil }
 func (f *fakeInit) Runtime() *gorunc.Runc            { return nil }
 func (f *fakeInit) Config() runc.Config              { return runc.Config{} }
 func (f *fakeInit) Create(ctx context.Context) error { return nil }
-func (f *fakeInit) Start(ctx context.Context) error { return f.start() }
+func (f *fakeInit) Start(ctx context.Context) error  { return f.start() }
 func (f *fakeInit) Kill(ctx context.Context, sig int, all bool) error {
 	f.mu.Lock()
 	s, reaped := f.st, f.reaped
