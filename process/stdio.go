@@ -32,6 +32,9 @@ type Stdio struct {
 // into containerd's fifo (or log file), with no copy loop in the shim. So
 // everything the process wrote before it exited is in the fifo by the time
 // its exit is reaped, and an idle container costs the shim no goroutine.
+// The exception is IoUid/IoGid, whose output goes through pipes the shim
+// owns and copies (outcopy.go), so that containerd's fifos are never
+// chowned.
 // The descriptors are opened without O_NONBLOCK (the process shares the open
 // file description) and O_RDWR for fifos, so a containerd restart never
 // turns into EPIPE for the container.
@@ -57,6 +60,7 @@ type IO struct {
 	socket   *gorunc.Socket // terminal: where runc sends the pty master
 	tty      *tty           // terminal, once attached
 	logger   *logger        // binary:// stdout, stopped by Close
+	outputs  *outputCopies  // IoUid/IoGid: stdout and stderr through pipes
 }
 
 // IOConfig is how OpenIO opens a process's stdio.
@@ -111,6 +115,12 @@ func OpenIO(ctx context.Context, s Stdio, c IOConfig) (_ *IO, err error) {
 		}
 	}
 	if c.UID != 0 || c.GID != 0 {
+		if p.logger == nil {
+			if err := p.pipeOutputs(ctx); err != nil {
+				return nil, err
+			}
+		}
+		// Only pipes the shim made: never containerd's fifos or a file.
 		for _, f := range []*os.File{p.stdout, p.stderr, p.stdinR} {
 			if f != nil && f.Name() != os.DevNull {
 				if err := f.Chown(c.UID, c.GID); err != nil {
@@ -296,16 +306,20 @@ func (p *IO) Attach(ctx context.Context) error {
 	return nil
 }
 
-// Drained is closed once a terminal's output has all been copied (its
-// slave is closed everywhere); nil without a terminal, whose process
-// writes into the fifo itself.
+// Drained is closed once the process's output has all been copied: a
+// terminal's (its slave is closed everywhere), or the output pipes'
+// (IoUid/IoGid; outcopy.go); nil otherwise, when the process writes into
+// the fifo itself.
 func (p *IO) Drained() <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.tty == nil {
-		return nil
+	switch {
+	case p.tty != nil:
+		return p.tty.drained
+	case p.outputs != nil:
+		return p.outputs.done
 	}
-	return p.tty.drained
+	return nil
 }
 
 // Resize sets the terminal's window size; without a terminal it does
@@ -351,6 +365,9 @@ func (p *IO) Close() error {
 	}
 	if p.logger != nil {
 		p.logger.Close()
+	}
+	if p.outputs != nil {
+		p.outputs.close()
 	}
 	if f != nil {
 		f.Close()

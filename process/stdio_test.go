@@ -160,3 +160,68 @@ func TestStdinCloseWithWriterOpen(t *testing.T) {
 		t.Fatal("Close hung on the stdin copy")
 	}
 }
+
+// IoUid/IoGid: the process gets pipes the shim made, owned by that uid and
+// gid; containerd's fifo and a host file keep their owner, and what the
+// process writes reaches them.
+func TestIoUIDPipes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("REQUIRE_INTEGRATION") == "1" {
+			t.Fatal("chown needs root")
+		}
+		t.Skip("chown needs root")
+	}
+	fifoPath := mkfifo(t, "stdout")
+	logPath := filepath.Join(t.TempDir(), "stderr.log")
+	reader, err := os.OpenFile(fifoPath, os.O_RDONLY|unix.O_NONBLOCK, 0) // containerd's
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	const id = 1000
+	p, err := OpenIO(context.Background(), Stdio{Stdout: fifoPath, Stderr: "file://" + logPath}, IOConfig{UID: id, GID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, f := range map[string]*os.File{"stdout": p.stdout, "stderr": p.stderr} {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFIFO || st.Uid != id || st.Gid != id {
+			t.Errorf("the process's %s: mode %o owner %d:%d, want a pipe owned by %d:%d", name, st.Mode, st.Uid, st.Gid, id, id)
+		}
+	}
+	for _, path := range []string{fifoPath, logPath} {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Uid != 0 || st.Gid != 0 {
+			t.Errorf("%s chowned to %d:%d", path, st.Uid, st.Gid)
+		}
+	}
+	if _, err := p.stdout.Write([]byte("out")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.stderr.Write([]byte("err")); err != nil {
+		t.Fatal(err)
+	}
+	p.CloseAfterStart() // the process's ends: the copies see EOF once it exits
+	select {
+	case <-p.Drained():
+	case <-time.After(10 * time.Second):
+		t.Fatal("output copies never ended")
+	}
+	if err := unix.SetNonblock(int(reader.Fd()), false); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 3)
+	if _, err := io.ReadFull(reader, buf); err != nil || string(buf) != "out" {
+		t.Errorf("fifo got %q, %v", buf, err)
+	}
+	if data, err := os.ReadFile(logPath); err != nil || string(data) != "err" {
+		t.Errorf("log file holds %q, %v", data, err)
+	}
+	p.Close()
+}

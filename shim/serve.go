@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"sync"
@@ -76,11 +74,11 @@ func runServer(f flags, ready *os.File) error {
 	if f.socket == "" {
 		return errors.New("no -socket to serve")
 	}
-	l, err := listen(f.socket)
+	l, err := serverListener(f.socket)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(socketPath(f.socket))
+	defer l.remove()
 
 	fwd := event.NewTTRPCForwarder(os.Getenv("TTRPC_ADDRESS"))
 	defer fwd.Close()
@@ -108,7 +106,7 @@ func runServer(f flags, ready *os.File) error {
 	defer stopReaping()
 	go reaper.Run(reapCtx)
 
-	server, err := ttrpc.NewServer()
+	server, err := newTTRPCServer()
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("create ttrpc server: %w", err)
@@ -161,29 +159,10 @@ func runServer(f flags, ready *os.File) error {
 	return nil
 }
 
-// listen creates the server's socket, replacing a stale one.
-func listen(address string) (net.Listener, error) {
-	path := socketPath(address)
-	if len(path) > 106 {
-		return nil, fmt.Errorf("socket path %q is too long for a unix socket", path)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create socket dir: %w", err)
-	}
-	l, err := net.Listen("unix", path)
-	if errors.Is(err, unix.EADDRINUSE) && !canConnect(address) {
-		os.Remove(path)
-		l, err = net.Listen("unix", path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		os.Remove(path)
-		return nil, fmt.Errorf("chmod %s: %w", path, err)
-	}
-	return l, nil
+// newTTRPCServer serves only peers with the shim's own uid (containerd's),
+// as the stock shim does.
+func newTTRPCServer() (*ttrpc.Server, error) {
+	return ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
 }
 
 // setupLogging sends the log to the bundle's "log" fifo, which containerd

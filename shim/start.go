@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -165,8 +166,14 @@ func runStart(f flags, stdin io.Reader, stdout io.Writer) error {
 		dir = defaultSocketDir
 	}
 	address := socketAddress(dir, p.grpcAddress, f.namespace, group)
-	if !canConnect(address) {
-		if err := launch(f, p, address); err != nil {
+	l, existing, err := bindSocket(address)
+	if err != nil {
+		return err
+	}
+	if !existing {
+		err := launch(f, p, address, l)
+		l.Close()
+		if err != nil {
 			return err
 		}
 	}
@@ -192,10 +199,21 @@ func writeStartResult(w io.Writer, bootstrap bool, address string) error {
 	return err
 }
 
-// launch starts the server process and returns once its socket accepts
-// connections. The server reports through a pipe (its fd 3): "ok" once it
-// listens, or its error.
-func launch(f flags, p startParams, address string) (retErr error) {
+// launch starts the server process on the socket l (its fd 4) and returns
+// once it serves. The server reports through a pipe (its fd 3): "ok" once
+// it serves, or its error. On failure the socket file is removed.
+func launch(f flags, p startParams, address string, l *net.UnixListener) (retErr error) {
+	l.SetUnlinkOnClose(false)
+	defer func() {
+		if retErr != nil {
+			os.Remove(socketPath(address))
+		}
+	}()
+	lf, err := l.File()
+	if err != nil {
+		return fmt.Errorf("socket for the server: %w", err)
+	}
+	defer lf.Close()
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -211,7 +229,7 @@ func launch(f flags, p startParams, address string) (retErr error) {
 	}
 	cmd := exec.Command(self, args...)
 	cmd.Dir, _ = os.Getwd()
-	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+p.ttrpcAddress, "GRPC_ADDRESS="+p.grpcAddress, readyFdEnv+"=3")
+	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+p.ttrpcAddress, "GRPC_ADDRESS="+p.grpcAddress, readyFdEnv+"=3", listenFdEnv+"=4")
 	// One P for the server, replacing the GOMAXPROCS=2 containerd gives
 	// every shim command: the server's work is syscalls and waiting on
 	// runc, never two goroutines of Go code at once, and one P means one
@@ -221,7 +239,7 @@ func launch(f flags, p startParams, address string) (retErr error) {
 	// left 4 in 10 servers with 0.6 MB more memory. Main drops the
 	// variable again, so that runc does not inherit it.
 	cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
-	cmd.ExtraFiles = []*os.File{w}
+	cmd.ExtraFiles = []*os.File{w, lf}
 	// Its own process group: signals for containerd's group are not ours.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -237,6 +255,9 @@ func launch(f flags, p startParams, address string) (retErr error) {
 			cmd.Process.Release()
 		}
 	}()
+	if err := adjustOOMScore(os.Getppid(), cmd.Process.Pid); err != nil {
+		return err
+	}
 	msg, err := readReady(r, readyTimeout)
 	if err != nil {
 		return err
@@ -251,6 +272,26 @@ func launch(f flags, p startParams, address string) (retErr error) {
 		if err := joinCgroup(p.options.ShimCgroup, cmd.Process.Pid); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// adjustOOMScore sets the server's oom_score_adj to containerd's (the
+// start action's parent's) + 1, so that under memory pressure the kernel
+// kills a shim before containerd, as with the stock shim. Raising a score
+// needs no privilege, and 1000 is the ceiling.
+func adjustOOMScore(containerd, pid int) error {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", containerd))
+	if err != nil {
+		return fmt.Errorf("read containerd's oom_score_adj: %w", err)
+	}
+	score, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		return fmt.Errorf("containerd's oom_score_adj %q: %w", data, err)
+	}
+	score = min(score+1, 1000)
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(score)), 0); err != nil {
+		return fmt.Errorf("set the shim's oom_score_adj to %d: %w", score, err)
 	}
 	return nil
 }

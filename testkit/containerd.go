@@ -252,6 +252,9 @@ func (c *Containerd) Environ(extra ...string) []string {
 // Exited is closed when containerd has exited.
 func (c *Containerd) Exited() <-chan struct{} { return c.exited }
 
+// PID is the running daemon's process ID.
+func (c *Containerd) PID() int { return c.cmd.Process.Pid }
+
 // Stop closes the client and stops containerd: SIGTERM, then SIGKILL after
 // grace. It reports whether containerd had to be killed.
 func (c *Containerd) Stop(grace time.Duration) (killed bool) {
