@@ -18,7 +18,7 @@ export SHIM_BINARY := $(SHIM)
 export TOOLS_BIN
 export TEST_IMAGE_TAR := $(IMAGE_TAR)
 
-.PHONY: all build install tools image test unit integration test-cgroup2 stress bench demo clean
+.PHONY: all build install tools image test unit integration critest test-cgroup2 stress bench demo clean
 
 all: build
 
@@ -41,7 +41,7 @@ image: tools
 # Everything CI runs: unit tests, the integration suite against a private
 # containerd on this machine (cgroup v1 memory), then the same suite in a VM
 # on a cgroup v2 kernel.
-test: unit integration test-cgroup2
+test: unit integration critest test-cgroup2
 
 unit:
 	go vet -tags $(GO_TAGS) ./...
@@ -51,6 +51,15 @@ unit:
 
 integration: build image
 	cd integration && REQUIRE_INTEGRATION=1 go test -count=1 -timeout 40m -v ./... 2>&1 | tee $(ROOT)/.tools/integration.log; exit $${PIPESTATUS[0]}
+
+# cri-tools v1.37.0's critest against a private containerd with CRI, CNI and
+# NRI, our shim as runc's, inside a network and an IPC namespace of its own,
+# images from a loopback registry of locally built stand-ins
+# (scripts/critest/). Last line: "critest: N passed, N failed, N skipped".
+# Knobs: CRITEST_FOCUS, CRITEST_SKIP (ginkgo regexps), SHIM_BINARY.
+critest: build tools
+	./scripts/critest/install.sh
+	./scripts/critest/run.sh
 
 # cgroup v2 lane: the integration suite inside a qemu (TCG) VM that boots
 # Debian's kernel with only the unified hierarchy (scripts/vm/README.md).
