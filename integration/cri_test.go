@@ -80,24 +80,34 @@ func derivePause(ctx context.Context, cl *client.Client, img client.Image) error
 		return err
 	}
 	cfg.Config.Cmd = []string{"sleep", "2147483647"}
+	_, err = storeImage(ctx, cl, pauseImage, img.Target().MediaType, m, cfg)
+	return err
+}
+
+// storeImage writes cfg and the manifest m (with m.Config set to cfg) to
+// the content store, names the image name and unpacks it. The caller holds
+// a lease until the image record exists.
+func storeImage(ctx context.Context, cl *client.Client, name, mediaType string, m ocispec.Manifest, cfg ocispec.Image) (client.Image, error) {
+	cs := cl.ContentStore()
 	cfgDesc, err := writeJSON(ctx, cs, m.Config.MediaType, cfg, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	m.Config = cfgDesc
 	refs := map[string]string{"containerd.io/gc.ref.content.config": cfgDesc.Digest.String()}
 	for i, l := range m.Layers {
 		refs[fmt.Sprintf("containerd.io/gc.ref.content.l.%d", i)] = l.Digest.String()
 	}
-	manDesc, err := writeJSON(ctx, cs, img.Target().MediaType, m, refs)
+	manDesc, err := writeJSON(ctx, cs, mediaType, m, refs)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	created, err := cl.ImageService().Create(ctx, images.Image{Name: pauseImage, Target: manDesc})
+	created, err := cl.ImageService().Create(ctx, images.Image{Name: name, Target: manDesc})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return client.NewImage(cl, created).Unpack(ctx, "")
+	stored := client.NewImage(cl, created)
+	return stored, stored.Unpack(ctx, "")
 }
 
 func readJSON(ctx context.Context, cs content.Store, desc ocispec.Descriptor, v any) error {

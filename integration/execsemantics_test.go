@@ -98,6 +98,23 @@ exec %[3]s "$@"
 	return binary, ch, release
 }
 
+// untilExitOf waits for the TaskExit of container id's init and returns
+// every event recorded until then (and a little after: up to a marker).
+func (r *recorder) untilExitOf(t *testing.T, id string) []recordedEvent {
+	t.Helper()
+	if _, err := r.waitFor(r.te.ctx, "the TaskExit of "+id, func(e recordedEvent) bool {
+		ex, ok := e.Event.(*eventstypes.TaskExit)
+		return ok && ex.ID == id
+	}); err != nil {
+		t.Fatal(err)
+	}
+	events, err := r.mark(r.te.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return events
+}
+
 // TestInitDiesWhileExecStarts: an exec counts as running from the moment
 // its Start is called. The init killed while `runc exec` is still at work
 // (a runc wrapper holds it): the init's TaskExit is held until that exec
@@ -147,16 +164,7 @@ func TestInitDiesWhileExecStarts(t *testing.T) {
 	if code := te.waitExit("init", exitCh).ExitCode(); code != 137 {
 		t.Errorf("init exit status %d, want 137", code)
 	}
-	if _, err := rec.waitFor(te.ctx, "the init's TaskExit", func(e recordedEvent) bool {
-		ex, ok := e.Event.(*eventstypes.TaskExit)
-		return ok && ex.ID == c.ID()
-	}); err != nil {
-		t.Fatal(err)
-	}
-	events, err := rec.mark(te.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	events := rec.untilExitOf(t, c.ID())
 	initExit := -1
 	for i, e := range events {
 		if ex, ok := e.Event.(*eventstypes.TaskExit); ok && ex.ID == c.ID() {
@@ -195,16 +203,7 @@ func TestSharedPIDNamespace(t *testing.T) {
 		t.Errorf("exec exit status %d, want 137 (killed with the init)", code)
 	}
 	te.waitExit("init", exitCh)
-	if _, err := rec.waitFor(te.ctx, "the init's TaskExit", func(e recordedEvent) bool {
-		ex, ok := e.Event.(*eventstypes.TaskExit)
-		return ok && ex.ID == c.ID()
-	}); err != nil {
-		t.Fatal(err)
-	}
-	events, err := rec.mark(te.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	events := rec.untilExitOf(t, c.ID())
 	var exits []string
 	for _, e := range events {
 		if ex, ok := e.Event.(*eventstypes.TaskExit); ok {

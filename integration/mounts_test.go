@@ -13,7 +13,6 @@ import (
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/opencontainers/go-digest"
@@ -65,25 +64,7 @@ func deriveLayered(ctx context.Context, cl *client.Client, img client.Image, ref
 		m.Layers = append(m.Layers, desc)
 		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, desc.Digest)
 	}
-	cfgDesc, err := writeJSON(ctx, cs, m.Config.MediaType, cfg, nil)
-	if err != nil {
-		return nil, err
-	}
-	m.Config = cfgDesc
-	refs := map[string]string{"containerd.io/gc.ref.content.config": cfgDesc.Digest.String()}
-	for i, l := range m.Layers {
-		refs[fmt.Sprintf("containerd.io/gc.ref.content.l.%d", i)] = l.Digest.String()
-	}
-	manDesc, err := writeJSON(ctx, cs, img.Target().MediaType, m, refs)
-	if err != nil {
-		return nil, err
-	}
-	created, err := cl.ImageService().Create(ctx, images.Image{Name: ref, Target: manDesc})
-	if err != nil {
-		return nil, err
-	}
-	derived := client.NewImage(cl, created)
-	return derived, derived.Unpack(ctx, "")
+	return storeImage(ctx, cl, ref, img.Target().MediaType, m, cfg)
 }
 
 // countLayers is a command that prints how many /layers files it sees.
