@@ -24,16 +24,31 @@ resolve_kernel
 SHIM_BINARY="${SHIM_BINARY:-$ROOT/bin/containerd-shim-runc-v2}"
 TEST_IMAGE_TAR="${TEST_IMAGE_TAR:-$ROOT/.tools/images/busybox.tar}"
 BUSYBOX="${BUSYBOX:-/bin/busybox}"
-OUT="$VM_DIR/initramfs.cpio"
+OUT="$VM_INITRD"
 MODDIR="/lib/modules/$VM_KERNEL_RELEASE"
 # Modules the guest loads; their dependencies are added from modules.dep.
 MODULES=(overlay virtio_pci 9pnet_virtio 9p)
+# critest's pods: the CNI bridge and veth pairs, portmap's iptables (nft).
+# crc32c_generic: libcrc32c's soft dependency (modules.softdep), which
+# modules.dep does not list.
+CRITEST_MODULES=(crc32c_generic veth bridge br_netfilter nf_tables nft_compat nft_chain_nat nft_masq
+	xt_comment xt_mark xt_multiport xt_addrtype xt_conntrack xt_nat xt_MASQUERADE)
+CRITEST_DIR="${TOOLS_DIR:-$ROOT/.tools}/critest"
+[[ "$VM_SUITE" == critest ]] && MODULES+=("${CRITEST_MODULES[@]}")
 
 log() { printf '[vm/build-initramfs] %s\n' "$*" >&2; }
 
 [[ $(id -u) -eq 0 ]] || { log "needs root (mknod /dev/console in the archive)"; exit 1; }
-for f in "$SHIM_BINARY" "$TEST_IMAGE_TAR" "$BUSYBOX" "$VM_DIR/integration.test" \
-	"$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc"; do
+need=("$SHIM_BINARY" "$TEST_IMAGE_TAR" "$BUSYBOX" "$VM_DIR/integration.test"
+	"$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc")
+if [[ "$VM_SUITE" == critest ]]; then
+	# What scripts/critest/install.sh made, and the host programs the lane
+	# runs (dynamically linked: they come with their libraries).
+	need+=("$CRITEST_DIR/bin/critest" "$CRITEST_DIR/bin/runc" "$CRITEST_DIR/bin/criregistry"
+		"$CRITEST_DIR/bin/ginkgoreport" "$CRITEST_DIR/images/index.json"
+		/usr/bin/bash /usr/sbin/xtables-nft-multi /usr/bin/ipcmk)
+fi
+for f in "${need[@]}"; do
 	[[ -f "$f" ]] || { log "missing input $f"; exit 1; }
 done
 if ldd "$BUSYBOX" >/dev/null 2>&1; then
@@ -70,8 +85,10 @@ done
 
 # --- cache check -----------------------------------------------------------
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-inputs=("$HERE/init" "$HERE/build-initramfs.sh" "$SHIM_BINARY" "$TEST_IMAGE_TAR" "$BUSYBOX"
-	"$VM_DIR/integration.test" "$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc")
+inputs=("$HERE/init" "$HERE/build-initramfs.sh" "${need[@]}")
+if [[ "$VM_SUITE" == critest ]]; then
+	inputs+=("$ROOT/scripts/critest/run.sh" "$CRITEST_DIR"/cni/bin/* "$CRITEST_DIR"/images/blobs/sha256/*)
+fi
 for ko in "${ordered[@]}"; do
 	inputs+=("$MODDIR/$ko")
 done
@@ -116,6 +133,39 @@ install -m 0755 "$SHIM_BINARY" "$stage/oomshim/containerd-shim-runc-v2"
 install -m 0755 "$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc" "$stage/oomshim/bin/"
 install -m 0755 "$VM_DIR/integration.test" "$stage/oomshim/integration/integration.test"
 install -m 0644 "$TEST_IMAGE_TAR" "$stage/oomshim/busybox.tar"
+
+# copy_with_libs FILE DEST: FILE at DEST in the stage, with every library ldd
+# names for it at its own path.
+copy_with_libs() {
+	install -D -m 0755 "$1" "$stage$2"
+	local lib
+	for lib in $(ldd "$1" 2>/dev/null | grep -o '/[^ ]*' || true); do
+		[[ -e "$stage$lib" ]] || install -D -m 0755 "$(readlink -f "$lib")" "$stage$lib"
+	done
+}
+
+if [[ "$VM_SUITE" == critest ]]; then
+	copy_with_libs /usr/bin/bash /bin/bash
+	copy_with_libs /usr/bin/ipcmk /bin/ipcmk
+	copy_with_libs /usr/sbin/xtables-nft-multi /bin/xtables-nft-multi
+	for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+		ln -sf xtables-nft-multi "$stage/bin/$t"
+	done
+	# iptables loads its matches and targets at run time (ldd does not see them).
+	xt=/usr/lib/x86_64-linux-gnu/xtables
+	for so in "$xt"/*.so; do
+		copy_with_libs "$so" "$so"
+	done
+	mkdir -p "$stage/oomshim/tools/bin" "$stage/oomshim/scripts/critest"
+	ln -s /oomshim/bin/containerd "$stage/oomshim/tools/bin/containerd"
+	install -m 0755 "$ROOT/scripts/critest/run.sh" "$stage/oomshim/scripts/critest/run.sh"
+	for b in critest runc criregistry ginkgoreport; do
+		copy_with_libs "$CRITEST_DIR/bin/$b" "/oomshim/tools/critest/bin/$b"
+	done
+	mkdir -p "$stage/oomshim/tools/critest/cni"
+	cp -a "$CRITEST_DIR/cni/bin" "$stage/oomshim/tools/critest/cni/"
+	cp -a "$CRITEST_DIR/images" "$stage/oomshim/tools/critest/"
+fi
 
 # --- archive ---------------------------------------------------------------
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |

@@ -35,6 +35,7 @@ fi
 lane_start=$SECONDS
 apt_install_missing "${DEBIAN_PACKAGES[@]}"
 "$HERE/build-tools.sh"
+[[ "$VM_SUITE" == critest ]] && "$ROOT/scripts/critest/install.sh"
 "$HERE/build-initramfs.sh"
 rc=0
 "$HERE/run-vm.sh" || rc=$?
