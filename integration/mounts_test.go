@@ -6,10 +6,17 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"oomshim/testkit"
+
+	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types"
+	"golang.org/x/sys/unix"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
@@ -194,4 +201,156 @@ func TestCRIUserNamespacePod(t *testing.T) {
 		t.Errorf("inside the pod: %q, want %q (uid_map, then the image's root-owned files owned by root)", lines, want)
 	}
 	pod.remove(t, te)
+}
+
+// TestRootfsMountsDirect: rootfs mounts as containerd hands them to a
+// shim, sent to a hand-started shim over ttrpc: a loop-mounted ext4 image
+// as the rootfs, a second mount whose target is a symlink in the image
+// pointing outside it (the mount stays inside the rootfs), a mount made
+// below the rootfs meanwhile (Delete unmounts recursively, and the loop
+// device goes away), and an X-containerd.* option (refused by name, with
+// nothing left behind: containerd's mount manager consumes those).
+func TestRootfsMountsDirect(t *testing.T) {
+	te := newTestEnv(t)
+	s, _ := te.startBootstrapShim("mounts")
+
+	outside := t.TempDir() // a host directory the image's symlink names
+	img := ext4Rootfs(t, map[string]string{"hello": "hello from a loop mount\n"}, [][2]string{{outside, "escape"}}, strings.TrimPrefix(outside, "/"))
+
+	bundle, _ := te.handBundle("loop", minimalSpec("sh", "-c", "cat /hello"))
+	out := filepath.Join(t.TempDir(), "stdout")
+	rootfs := filepath.Join(bundle, "rootfs")
+	_, err := s.task.Create(te.ctx, &taskv3.CreateTaskRequest{
+		ID: "loop", Bundle: bundle, Stdout: "file://" + out, Stderr: "file://" + out,
+		Rootfs: []*types.Mount{
+			{Type: "ext4", Source: img, Options: []string{"loop"}},
+			{Type: "tmpfs", Source: "tmpfs", Target: "escape", Options: []string{"size=1m"}},
+		},
+	})
+	if err != nil {
+		t.Fatalf("Create with a loop-mounted rootfs: %v", err)
+	}
+	if m := testkit.MountsUnder(outside); len(m) > 0 {
+		t.Errorf("a rootfs mount went outside the rootfs, to %v", m)
+	}
+	if m := testkit.MountsUnder(filepath.Join(rootfs, outside)); len(m) != 1 {
+		t.Errorf("mounts at the symlink's target inside the rootfs: %v, want 1", m)
+	}
+	if _, err := s.task.Start(te.ctx, &taskv3.StartRequest{ID: "loop"}); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	w, err := s.task.Wait(te.ctx, &taskv3.WaitRequest{ID: "loop"})
+	if err != nil || w.ExitStatus != 0 {
+		t.Fatalf("Wait: %v, %v", w, err)
+	}
+	if data, err := os.ReadFile(out); err != nil || string(data) != "hello from a loop mount\n" {
+		t.Errorf("container output %q, %v", data, err)
+	}
+	// Something mounted below the rootfs meanwhile: Delete takes it too.
+	nested := filepath.Join(rootfs, outside, "nested")
+	if err := os.Mkdir(nested, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", nested, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.task.Delete(te.ctx, &taskv3.DeleteRequest{ID: "loop"}); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	if m := testkit.MountsUnder(bundle); len(m) > 0 {
+		t.Errorf("mounts left under the bundle after Delete: %v", m)
+	}
+	if lo, _ := exec.Command("losetup", "-j", img).Output(); len(strings.TrimSpace(string(lo))) > 0 {
+		t.Errorf("loop device still attached after Delete: %s", lo)
+	}
+
+	xBundle, _ := te.handBundle("xopt", minimalSpec("true"))
+	_, err = s.task.Create(te.ctx, &taskv3.CreateTaskRequest{
+		ID: "xopt", Bundle: xBundle,
+		Rootfs: []*types.Mount{
+			{Type: "ext4", Source: img, Options: []string{"loop"}},
+			{Type: "tmpfs", Source: "tmpfs", Target: "tmp", Options: []string{"X-containerd.mkdir.path=/tmp/x:0755"}},
+		},
+	})
+	if err == nil || !strings.Contains(err.Error(), "X-containerd.mkdir.path") {
+		t.Errorf("Create with an X-containerd.* option: %v, want a refusal naming it", err)
+	}
+	if m := testkit.MountsUnder(xBundle); len(m) > 0 {
+		t.Errorf("mounts left by the failed Create: %v", m)
+	}
+	if ids, _ := te.h.runcContainers(te.ns); len(ids) > 0 {
+		t.Errorf("runc containers left: %v", ids)
+	}
+	checkConnectAndShutdown(t, s)
+}
+
+// ext4Rootfs makes an ext4 image holding the static busybox as /bin/sh and
+// /bin/cat, the given files and symlinks (target, name), and directories;
+// it skips the test where mkfs.ext4 is missing (the cgroup v2 VM).
+func ext4Rootfs(t *testing.T, files map[string]string, links [][2]string, dirs ...string) string {
+	t.Helper()
+	mkfs, err := exec.LookPath("mkfs.ext4")
+	if err != nil {
+		t.Skip("no mkfs.ext4 here")
+	}
+	src := t.TempDir()
+	for _, d := range append([]string{"bin"}, dirs...) {
+		if err := os.MkdirAll(filepath.Join(src, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The static busybox the test image is built from (busybox-static).
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := map[string]string{"bin/busybox": string(bb)}
+	for name, data := range files {
+		all[name] = data
+	}
+	for name, data := range all {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(data), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range append([][2]string{{"busybox", "bin/sh"}, {"busybox", "bin/cat"}}, links...) {
+		if err := os.Symlink(l[0], filepath.Join(src, l[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(t.TempDir(), "rootfs.ext4")
+	if out, err := exec.Command(mkfs, "-q", "-F", "-d", src, img, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	return img
+}
+
+// TestFileStdoutWithoutStderr: a task whose stdout is a file:// log and
+// which has no stderr runs, its output in the file. (containerd v2.4.2's
+// own shim panics on this Create: a nil stderr in its process/io.go.)
+func TestFileStdoutWithoutStderr(t *testing.T) {
+	te := newTestEnv(t)
+	s, _ := te.startBootstrapShim("filelog")
+	img := ext4Rootfs(t, map[string]string{"hello": "to the log\n"}, nil)
+	bundle, _ := te.handBundle("onlyout", minimalSpec("sh", "-c", "cat /hello; echo lost >&2"))
+	out := filepath.Join(t.TempDir(), "stdout.log")
+	if _, err := s.task.Create(te.ctx, &taskv3.CreateTaskRequest{
+		ID: "onlyout", Bundle: bundle, Stdout: "file://" + out,
+		Rootfs: []*types.Mount{{Type: "ext4", Source: img, Options: []string{"loop"}}},
+	}); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	if _, err := s.task.Start(te.ctx, &taskv3.StartRequest{ID: "onlyout"}); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if w, err := s.task.Wait(te.ctx, &taskv3.WaitRequest{ID: "onlyout"}); err != nil || w.ExitStatus != 0 {
+		t.Fatalf("Wait: %v, %v", w, err)
+	}
+	if data, err := os.ReadFile(out); err != nil || string(data) != "to the log\n" {
+		t.Errorf("log file holds %q, %v", data, err)
+	}
+	if _, err := s.task.Delete(te.ctx, &taskv3.DeleteRequest{ID: "onlyout"}); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	checkConnectAndShutdown(t, s)
 }
