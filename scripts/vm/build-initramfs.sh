@@ -27,11 +27,12 @@ BUSYBOX="${BUSYBOX:-/bin/busybox}"
 OUT="$VM_INITRD"
 MODDIR="/lib/modules/$VM_KERNEL_RELEASE"
 # Modules the guest loads; their dependencies are added from modules.dep.
-MODULES=(overlay virtio_pci 9pnet_virtio 9p)
+# ext4 and loop: the integration suite's loop-mounted rootfs (with
+# mkfs.ext4 from the host); crc32c_generic is the soft dependency
+# (modules.softdep) of ext4 and libcrc32c, which modules.dep does not list.
+MODULES=(overlay virtio_pci 9pnet_virtio 9p crc32c_generic ext4 loop)
 # critest's pods: the CNI bridge and veth pairs, portmap's iptables (nft).
-# crc32c_generic: libcrc32c's soft dependency (modules.softdep), which
-# modules.dep does not list.
-CRITEST_MODULES=(crc32c_generic veth bridge br_netfilter nf_tables nft_compat nft_chain_nat nft_masq
+CRITEST_MODULES=(veth bridge br_netfilter nf_tables nft_compat nft_chain_nat nft_masq
 	xt_comment xt_mark xt_multiport xt_addrtype xt_conntrack xt_nat xt_MASQUERADE)
 CRITEST_DIR="${TOOLS_DIR:-$ROOT/.tools}/critest"
 [[ "$VM_SUITE" == critest ]] && MODULES+=("${CRITEST_MODULES[@]}")
@@ -40,7 +41,7 @@ log() { printf '[vm/build-initramfs] %s\n' "$*" >&2; }
 
 [[ $(id -u) -eq 0 ]] || { log "needs root (mknod /dev/console in the archive)"; exit 1; }
 need=("$SHIM_BINARY" "$TEST_IMAGE_TAR" "$BUSYBOX" "$VM_DIR/integration.test"
-	"$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc")
+	"$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc" /usr/sbin/mkfs.ext4)
 if [[ "$VM_SUITE" == critest ]]; then
 	# What scripts/critest/install.sh made, and the host programs the lane
 	# runs (dynamically linked: they come with their libraries).
@@ -144,6 +145,7 @@ copy_with_libs() {
 	done
 }
 
+copy_with_libs "$(readlink -f /usr/sbin/mkfs.ext4)" /bin/mkfs.ext4
 if [[ "$VM_SUITE" == critest ]]; then
 	copy_with_libs /usr/bin/bash /bin/bash
 	copy_with_libs /usr/bin/ipcmk /bin/ipcmk
