@@ -89,7 +89,9 @@ fi
 # Debian's dynamically linked busybox, unpacked, not installed.
 if [[ ! -x "$DIR/busybox/bin/busybox" ]]; then
 	tmp="$(mktemp -d)"
-	(cd "$tmp" && apt-get download busybox >/dev/null)
+	# apt-get download needs package lists: fetch them if it finds none.
+	(cd "$tmp" && { apt-get download busybox >/dev/null 2>&1 ||
+		{ apt-get update -qq && apt-get download busybox >/dev/null; }; })
 	dpkg -x "$tmp"/busybox_*.deb "$DIR/busybox"
 	rm -rf "$tmp"
 fi
