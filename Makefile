@@ -18,7 +18,7 @@ export SHIM_BINARY := $(SHIM)
 export TOOLS_BIN
 export TEST_IMAGE_TAR := $(IMAGE_TAR)
 
-.PHONY: all build install tools image test unit integration critest test-cgroup2 critest-cgroup2 stress bench demo clean
+.PHONY: all build install tools image test unit integration critest test-cgroup2 critest-cgroup2 test-systemd stress bench demo clean
 
 all: build
 
@@ -80,6 +80,14 @@ CRITEST_VM_TIMEOUT ?= 2700
 
 critest-cgroup2: build image tools
 	VM_SUITE=critest VM_TIMEOUT=$(CRITEST_VM_TIMEOUT) ./scripts/vm/test-cgroup2.sh
+
+# The systemd lane, being built (not part of `make test` yet): a VM booting
+# a minimal Debian with systemd as PID 1 and D-Bus (mmdebstrap), cgroup v2,
+# containerd with this shim under the systemd cgroup driver; a smoke set
+# (scripts/vm/systemd/guest.sh). It fails today: OOM kills are lost when
+# systemd removes a container's scope first (see the README).
+test-systemd: build image
+	./scripts/vm/systemd/lane.sh
 
 # OOM stress on demand: OOM_STRESS_ROUNDS rounds of OOM_STRESS_CONTAINERS
 # containers OOM-killed at once; each must exit 137 with exactly one TaskOOM
