@@ -397,6 +397,10 @@ func (w *Watcher) update(wt *watch) bool {
 	if err != nil {
 		if isGone(err) {
 			wt.done = true // the last known count stands
+			// With the systemd driver the scope's cgroup can go before
+			// an OOM kill was read: say so, to tell it from no OOM.
+			log.G(w.ctx).WithFields(log.Fields{"container_id": wt.id, "cgroup": wt.dir, "oom_kill": wt.last.OOMKill}).
+				Debug("cgroup removed; OOM counters no longer readable")
 			return false
 		}
 		log.G(w.ctx).WithError(err).WithField("container_id", wt.id).Warn("read OOM counters")

@@ -84,6 +84,8 @@ left="$(systemctl list-units --all --no-legend --type=slice | grep -c oomshim)"
 [[ "$left" == 0 ]]
 check "slice-stopped" $? "$(systemctl list-units --all --no-legend --type=slice | grep oomshim | paste -sd' ')"
 
+dmesg >/share/dmesg.log 2>&1
+journalctl -b --no-pager -o short-precise >/share/journal.log 2>&1
 say "result failures=$failures"
 echo "$failures" >/share/failures
 finish

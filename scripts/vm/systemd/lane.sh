@@ -59,6 +59,8 @@ else
 version = 3
 root = "/var/lib/oomshim"
 state = "/run/oomshim/state"
+[debug]
+  level = "debug"
 [grpc]
   address = "/run/oomshim/c.sock"
 [ttrpc]
