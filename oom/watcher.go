@@ -45,6 +45,9 @@ const (
 	LevelContainer Level = iota + 1
 	// LevelAncestor: a parent's limit, such as a pod's.
 	LevelAncestor
+	// LevelUnknown: the container's cgroup was gone before it could be
+	// read (the systemd driver); the kill was seen on its parent.
+	LevelUnknown
 )
 
 func (l Level) String() string {
@@ -53,6 +56,8 @@ func (l Level) String() string {
 		return "container"
 	case LevelAncestor:
 		return "ancestor"
+	case LevelUnknown:
+		return "unknown (cgroup removed before it was read)"
 	}
 	return fmt.Sprintf("level(%d)", int(l))
 }
@@ -92,6 +97,7 @@ type Watcher struct {
 	byID    map[string]*watch
 	byFd    map[int32]*watch // v1 eventfd -> watch
 	byWd    map[int32]*watch // v2 inotify watch descriptor -> watch
+	parents map[string]*parent
 	stopped chan struct{}
 }
 
@@ -106,7 +112,9 @@ type watch struct {
 	wds     []int32
 	last    Counts
 	buf     []byte
-	done    bool // stopped, or its cgroup is gone
+	done    bool    // stopped, or its cgroup is gone
+	gone    bool    // its cgroup was gone at a read
+	parent  *parent // v2: its parent cgroup, nil if none is readable
 }
 
 // NewWatcher starts a watcher whose OOMs go to report. ctx carries the
@@ -134,7 +142,7 @@ func NewWatcher(ctx context.Context, report Reporter) (*Watcher, error) {
 	}
 	w := &Watcher{
 		ctx: ctx, report: report, ep: ep, epc: epc,
-		byID: map[string]*watch{}, byFd: map[int32]*watch{}, byWd: map[int32]*watch{},
+		byID: map[string]*watch{}, byFd: map[int32]*watch{}, byWd: map[int32]*watch{}, parents: map[string]*parent{},
 		stopped: make(chan struct{}),
 	}
 	w.ino.Store(-1)
@@ -199,6 +207,9 @@ func (w *Watcher) Add(id, dir string, v2 bool) (err error) {
 	}
 	if err != nil {
 		return err
+	}
+	if v2 {
+		wt.parent = w.parentOf(wt)
 	}
 	w.byID[id] = wt
 	return nil
@@ -303,7 +314,12 @@ func (w *Watcher) Check(id string) error {
 // OOM racing with the exit into one reported before it), then removal, so a
 // re-used ID is watched afresh. It returns the last counters seen. It never
 // waits on the watcher's goroutine beyond one read of a counter file.
-func (w *Watcher) Stop(id string) (Counts, error) {
+//
+// sigkilled says the container's init died of SIGKILL, as an OOM kill
+// does: if its cgroup was gone before the final read (the systemd driver
+// removes an emptied scope at once), a rise of its parent's counter that
+// no other child accounts for is reported as this container's (parent.go).
+func (w *Watcher) Stop(id string, sigkilled bool) (Counts, error) {
 	w.mu.Lock()
 	wt, ok := w.byID[id]
 	if ok {
@@ -314,6 +330,9 @@ func (w *Watcher) Stop(id string) (Counts, error) {
 		if wt.efd >= 0 {
 			delete(w.byFd, int32(wt.efd))
 		}
+		if wt.parent != nil {
+			w.leave(wt.parent, wt)
+		}
 	}
 	w.mu.Unlock()
 	if !ok {
@@ -322,6 +341,9 @@ func (w *Watcher) Stop(id string) (Counts, error) {
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
 	w.update(wt)
+	if wt.gone && sigkilled && wt.parent != nil {
+		w.fromParent(wt)
+	}
 	wt.done = true
 	for _, wd := range wt.wds {
 		unix.InotifyRmWatch(int(w.ino.Load()), uint32(wd)) // fails harmlessly if the cgroup is gone
@@ -331,6 +353,22 @@ func (w *Watcher) Stop(id string) (Counts, error) {
 	}
 	wt.close()
 	return wt.last, nil
+}
+
+// fromParent reports the kills of wt's parent that no report explains as
+// wt's, whose own counters could no longer be read. wt.mu is held.
+func (w *Watcher) fromParent(wt *watch) {
+	kills := wt.parent.unaccounted()
+	if kills == 0 {
+		return
+	}
+	wt.parent.counted(kills)
+	ev := Event{ID: wt.id, Cgroup: wt.dir, OOMKill: wt.last.OOMKill + kills, Kills: kills, Level: LevelUnknown}
+	wt.last.OOMKill = ev.OOMKill
+	w.report(ev)
+	log.G(w.ctx).WithFields(log.Fields{
+		"container_id": ev.ID, "cgroup": ev.Cgroup, "parent": wt.parent.dir, "kills": ev.Kills, "limit": ev.Level.String(),
+	}).Warn("container OOM-killed (seen on its parent: its cgroup was removed first)")
 }
 
 func (wt *watch) close() {
@@ -397,6 +435,7 @@ func (w *Watcher) update(wt *watch) bool {
 	if err != nil {
 		if isGone(err) {
 			wt.done = true // the last known count stands
+			wt.gone = true
 			// With the systemd driver the scope's cgroup can go before
 			// an OOM kill was read: say so, to tell it from no OOM.
 			log.G(w.ctx).WithFields(log.Fields{"container_id": wt.id, "cgroup": wt.dir, "oom_kill": wt.last.OOMKill}).
@@ -416,6 +455,9 @@ func (w *Watcher) update(wt *watch) bool {
 		ev.Level = LevelContainer
 	}
 	wt.last = c
+	if wt.parent != nil {
+		wt.parent.counted(ev.Kills)
+	}
 	w.report(ev)
 	log.G(w.ctx).WithFields(log.Fields{
 		"container_id": ev.ID, "cgroup": ev.Cgroup, "oom_kill": ev.OOMKill, "kills": ev.Kills, "limit": ev.Level.String(),

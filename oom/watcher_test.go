@@ -105,7 +105,7 @@ func TestV2NotifiedRise(t *testing.T) {
 			}
 			writeEvents(t, dir, tc.max, 3)
 			expect(t, events, Event{ID: "c1", Cgroup: dir, OOMKill: 3, Kills: 1, Level: tc.level})
-			if c, err := w.Stop("c1"); err != nil || c.OOMKill != 3 {
+			if c, err := w.Stop("c1", false); err != nil || c.OOMKill != 3 {
 				t.Fatalf("stop: %+v %v", c, err)
 			}
 			none(t, events)
@@ -126,7 +126,7 @@ func TestV2OtherCountersAreQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	none(t, events)
-	w.Stop("c1")
+	w.Stop("c1", false)
 	none(t, events)
 }
 
@@ -140,7 +140,7 @@ func TestStopFinalRead(t *testing.T) {
 	}
 	writeOOMControl(t, dir, 1)
 	write(t, filepath.Join(dir, "memory.max_usage_in_bytes"), "20967424\n") // reached its own limit
-	if _, err := w.Stop("c1"); err != nil {
+	if _, err := w.Stop("c1", false); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -151,7 +151,7 @@ func TestStopFinalRead(t *testing.T) {
 	default:
 		t.Fatal("Stop returned before reporting the OOM its final read found")
 	}
-	if _, err := w.Stop("c1"); !errors.Is(err, ErrNotWatched) {
+	if _, err := w.Stop("c1", false); !errors.Is(err, ErrNotWatched) {
 		t.Fatalf("second stop: %v", err)
 	}
 }
@@ -165,7 +165,7 @@ func TestCheckReportsOnce(t *testing.T) {
 	writeOOMControl(t, dir, 2)
 	w.Check("c1")
 	w.Check("c1")
-	w.Stop("c1")
+	w.Stop("c1", false)
 	expect(t, events, Event{ID: "c1", Cgroup: dir, OOMKill: 2, Kills: 2, Level: LevelAncestor})
 	none(t, events)
 }
@@ -180,7 +180,7 @@ func TestReusedID(t *testing.T) {
 	if err := w.Add("c1", dir, true); !errors.Is(err, ErrExists) {
 		t.Fatalf("duplicate add: %v", err)
 	}
-	w.Stop("c1")
+	w.Stop("c1", false)
 	dir2 := fakeCgroup(t, true)
 	if err := w.Add("c1", dir2, true); err != nil {
 		t.Fatalf("re-add after stop: %v", err)
@@ -200,7 +200,7 @@ func TestGoneCgroup(t *testing.T) {
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
-	c, err := w.Stop("c1")
+	c, err := w.Stop("c1", false)
 	if err != nil || c.OOMKill != 4 {
 		t.Fatalf("stop of a gone cgroup: %+v %v", c, err)
 	}
@@ -290,7 +290,7 @@ func TestV1NotificationBeforeCount(t *testing.T) {
 	notify()
 	writeOOMControl(t, dir, 1) // the kill is counted after the signal
 	expect(t, events, Event{ID: "c1", Cgroup: dir, OOMKill: 1, Kills: 1, Level: LevelAncestor})
-	if _, err := w.Stop("c1"); err != nil {
+	if _, err := w.Stop("c1", false); err != nil {
 		t.Fatal(err)
 	}
 	none(t, events)

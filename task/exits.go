@@ -312,7 +312,7 @@ func (s *Service) flushInitIfDueLocked(c *container) {
 // publishInitExitLocked gives the OOM watch its final word, which queues
 // any TaskOOM still owed, and only then queues the init's TaskExit.
 func (s *Service) publishInitExitLocked(c *container, e runc.Exit) {
-	s.unwatchLocked(c)
+	s.unwatchLocked(c, e.Status == 128+int(unix.SIGKILL))
 	s.publishExitLocked(c, c.init, e)
 }
 

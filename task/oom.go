@@ -47,12 +47,14 @@ func (s *Service) checkOOMLocked(c *container) {
 }
 
 // unwatchLocked ends the container's OOM watch with a final read and keeps
-// its last counters for Stats.
-func (s *Service) unwatchLocked(c *container) {
+// its last counters for Stats. sigkilled says the init died of SIGKILL,
+// which lets the watch look at the parent cgroup when the container's own
+// was removed before that read (oom/parent.go).
+func (s *Service) unwatchLocked(c *container, sigkilled bool) {
 	if s.oom == nil {
 		return
 	}
-	counts, err := s.oom.Stop(c.init.ID())
+	counts, err := s.oom.Stop(c.init.ID(), sigkilled)
 	if err != nil {
 		if !errors.Is(err, oom.ErrNotWatched) {
 			log.G(s.ctx).WithError(err).WithField("container_id", c.init.ID()).Warn("OOM watch stop")

@@ -31,7 +31,7 @@ func (f *fakeWatcher) Check(id string) error {
 	}
 	return nil
 }
-func (f *fakeWatcher) Stop(id string) (oom.Counts, error) {
+func (f *fakeWatcher) Stop(id string, sigkilled bool) (oom.Counts, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, s := range f.stopped {

@@ -88,7 +88,7 @@ type container struct {
 type oomWatcher interface {
 	Add(id, dir string, v2 bool) error
 	Check(id string) error
-	Stop(id string) (oom.Counts, error)
+	Stop(id string, sigkilled bool) (oom.Counts, error)
 }
 
 // Config is what a Service is built from.
@@ -355,7 +355,7 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (_ *task
 		}
 	}
 	delete(s.containers, r.ID)
-	s.unwatchLocked(c)
+	s.unwatchLocked(c, false)
 	st = c.init.State()
 	s.queue(ctx, "/tasks/delete", &eventstypes.TaskDelete{
 		ContainerID: r.ID,
