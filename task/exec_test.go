@@ -3,6 +3,7 @@ package task
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -35,14 +36,8 @@ func (h *harness) startExec(id, execID string) error {
 func (h *harness) wantExits(ids ...string) {
 	h.t.Helper()
 	h.flush()
-	got := h.rec.exits()
-	if len(got) != len(ids) {
+	if got := h.rec.exits(); !slices.Equal(got, ids) {
 		h.t.Fatalf("TaskExit of %v, want %v", got, ids)
-	}
-	for i := range got {
-		if got[i] != ids[i] {
-			h.t.Fatalf("TaskExit of %v, want %v", got, ids)
-		}
 	}
 }
 

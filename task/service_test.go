@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -156,14 +157,8 @@ func (h *harness) flush() {
 func (h *harness) want(topics ...string) {
 	h.t.Helper()
 	h.flush()
-	got := h.rec.got()
-	if len(got) != len(topics) {
+	if got := h.rec.got(); !slices.Equal(got, topics) {
 		h.t.Fatalf("events %v, want %v", got, topics)
-	}
-	for i := range got {
-		if got[i] != topics[i] {
-			h.t.Fatalf("events %v, want %v", got, topics)
-		}
 	}
 }
 
