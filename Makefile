@@ -41,7 +41,7 @@ image: tools
 # Everything CI runs: unit tests, the integration suite against a private
 # containerd on this machine (cgroup v1 memory), critest here, then the
 # integration suite and critest in a VM on a cgroup v2 kernel, and the
-# systemd lane's smoke set in a VM booting systemd.
+# integration suite again in a VM booting systemd (systemd cgroup driver).
 test: unit integration critest test-cgroup2 critest-cgroup2 test-systemd
 
 unit:
@@ -84,11 +84,13 @@ critest-cgroup2: build image tools
 
 # The systemd lane: a VM booting a minimal Debian with systemd as PID 1 and
 # D-Bus (mmdebstrap), cgroup v2, containerd with this shim under the systemd
-# cgroup driver; a smoke set (scripts/vm/systemd/guest.sh): a container in
-# its scope, 10 OOM-killed containers with TaskOOM before TaskExit, no scope
-# left. About a minute.
+# cgroup driver (scripts/vm/systemd/): a smoke set (a container in its
+# scope, 10 OOM-killed containers with TaskOOM before TaskExit, no scope
+# left), then the integration suite with TEST_CGROUP_DRIVER=systemd. Knobs
+# as for test-cgroup2 (VM_CYCLES, VM_TIMEOUT, TEST_RUN); SUITE=smoke runs
+# the smoke set only.
 test-systemd: build image
-	./scripts/vm/systemd/lane.sh
+	VM_CYCLES=$(VM_CYCLES) ./scripts/vm/systemd/lane.sh
 
 # OOM stress on demand: OOM_STRESS_ROUNDS rounds of OOM_STRESS_CONTAINERS
 # containers OOM-killed at once; each must exit 137 with exactly one TaskOOM

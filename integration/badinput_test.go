@@ -156,7 +156,7 @@ func codeOf(err error) string {
 func TestMissingRunc(t *testing.T) {
 	te := newTestEnv(t)
 	c := te.containerWith("norunc", []client.NewContainerOpts{
-		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: "/nonexistent/runc"}),
+		te.runtime(&options.Options{BinaryName: "/nonexistent/runc"}),
 	}, oci.WithProcessArgs("true"))
 	task, err := c.NewTask(te.ctx, te.io(nil, io.Discard, io.Discard))
 	if err == nil {

@@ -33,15 +33,16 @@ const (
 type criEnv struct {
 	*testkit.Containerd
 	rt     runtimeapi.RuntimeServiceClient
-	parent string // the pods' cgroup parent, removed at cleanup
+	parent string // the pods' CgroupParent: a path, or a slice under systemd
 }
 
 // startCRI starts a containerd with CRI on (the harness's has it off),
 // imports the test image and a pause image derived from it.
 func startCRI(t *testing.T, te *testEnv) *criEnv {
 	t.Helper()
-	parent := "oomshim-cri-" + te.h.token
-	c := te.privateContainerd("oomshim-cri-", "the CRI test", &testkit.CRIOptions{SandboxImage: pauseImage}, parent)
+	parent := te.h.criCgroupParent("cri")
+	c := te.privateContainerd("oomshim-cri-", "the CRI test",
+		&testkit.CRIOptions{SandboxImage: pauseImage, SystemdCgroup: te.h.systemd()}, strings.TrimPrefix(parent, "/"))
 	e := &criEnv{Containerd: c, parent: parent}
 	ctx := namespaces.WithNamespace(te.ctx, criNamespace)
 	img, err := c.Import(ctx, te.h.s.imageTar)
@@ -153,6 +154,7 @@ type criPod struct {
 	id      string
 	cfg     *runtimeapi.PodSandboxConfig
 	removed bool
+	started []string // IDs of the containers started in it
 }
 
 // runPod starts a host-network pod sandbox; it is removed at cleanup unless
@@ -169,7 +171,7 @@ func (e *criEnv) runPodWith(t *testing.T, te *testEnv, name string, edit func(*r
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Uid: name + "-" + te.h.token, Namespace: "default"},
 		LogDirectory: t.TempDir(),
 		Linux: &runtimeapi.LinuxPodSandboxConfig{
-			CgroupParent: "/" + e.parent,
+			CgroupParent: e.parent,
 			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
 				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
 			},
@@ -205,6 +207,14 @@ func (p *criPod) remove(t *testing.T, te *testEnv) {
 		t.Fatalf("remove pod: %v", err)
 	}
 	p.removed = true
+	if te.h.systemd() {
+		// systemd removes a scope once its processes are gone.
+		for _, id := range append([]string{p.id}, p.started...) {
+			if err := waitGone(te.ctx, p.scopeDir(id)); err != nil {
+				t.Errorf("scope of %s left after the pod was removed: %v", id, err)
+			}
+		}
+	}
 	for _, sp := range testkit.ShimProcesses(p.e.Address, te.h.shimPath) {
 		if sp.ID != p.id { // another pod's
 			continue
@@ -222,10 +232,53 @@ func (p *criPod) startContainer(t *testing.T, te *testEnv, cfg *runtimeapi.Conta
 	if err != nil {
 		t.Fatalf("create container %s: %v", cfg.Metadata.Name, err)
 	}
+	p.started = append(p.started, cr.ContainerId)
 	if _, err := p.e.rt.StartContainer(te.ctx, &runtimeapi.StartContainerRequest{ContainerId: cr.ContainerId}); err != nil {
 		t.Fatalf("start container %s: %v", cfg.Metadata.Name, err)
 	}
 	return cr.ContainerId
+}
+
+// scopeDir is the cgroup directory of the systemd scope CRI asks runc for
+// a container (or the sandbox) of the pod: cri-containerd-<id>.scope in
+// the pod's slice.
+func (p *criPod) scopeDir(id string) string {
+	return filepath.Join(sliceDir(p.cfg.Linux.CgroupParent), "cri-containerd-"+id+".scope")
+}
+
+// expectCgroup fails the test unless the pod's container id (or its
+// sandbox) runs in the cgroup CRI was asked for: under the pod's
+// CgroupParent, in a scope of its own under systemd.
+func (p *criPod) expectCgroup(t *testing.T, te *testEnv, id string) {
+	t.Helper()
+	ctx := namespaces.WithNamespace(te.ctx, criNamespace)
+	c, err := p.e.Client.LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatalf("load container %s: %v", id, err)
+	}
+	task, err := c.Task(ctx, nil)
+	if err != nil {
+		t.Fatalf("task of %s: %v", id, err)
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", task.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want string
+	if te.h.systemd() {
+		want = strings.TrimPrefix(p.scopeDir(id), "/sys/fs/cgroup")
+	} else {
+		want = p.cfg.Linux.CgroupParent + "/" + id
+	}
+	// cgroup v2: 0::<path>; v1: one line a hierarchy (runc nests v1
+	// cgroups under its caller's where that is not the root): the suffix.
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) == 3 && (parts[2] == want || !te.h.systemd() && strings.HasSuffix(parts[2], want)) {
+			return
+		}
+	}
+	t.Errorf("%s runs in cgroups %q, want %s", id, data, want)
 }
 
 // TestCRIOOMKilled: what the project is for, seen the way kubelet sees it.
@@ -289,6 +342,8 @@ func TestCRIExecSyncUpdateStats(t *testing.T) {
 		Command:  []string{"sleep", "1000"},
 		Linux:    &runtimeapi.LinuxContainerConfig{Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 64 << 20}},
 	})
+	pod.expectCgroup(t, te, pod.id)
+	pod.expectCgroup(t, te, id)
 	execSync := func(cmd ...string) *runtimeapi.ExecSyncResponse {
 		t.Helper()
 		r, err := e.rt.ExecSync(te.ctx, &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: 30})

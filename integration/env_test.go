@@ -123,10 +123,12 @@ func (te *testEnv) container(id string, args ...string) client.Container {
 func (te *testEnv) containerWith(id string, copts []client.NewContainerOpts, sopts ...oci.SpecOpts) client.Container {
 	te.t.Helper()
 	img := te.Image()
-	opts := []client.NewContainerOpts{
+	// The driver's options first: a test's own options override them.
+	driverCopts, driverSopts := te.cgroupOpts(id)
+	opts := append(driverCopts,
 		client.WithNewSnapshot(id+"-rootfs", img),
-		client.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(img)}, sopts...)...),
-	}
+		client.WithNewSpec(append(append([]oci.SpecOpts{oci.WithImageConfig(img)}, driverSopts...), sopts...)...),
+	)
 	c, err := te.c.NewContainer(te.ctx, id, append(opts, copts...)...)
 	if err != nil {
 		te.t.Fatalf("create container %s: %v", id, err)

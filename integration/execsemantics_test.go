@@ -124,7 +124,7 @@ func TestInitDiesWhileExecStarts(t *testing.T) {
 	te := newTestEnv(t)
 	runcBin, held, release := holdingRunc(t, te)
 	c := te.containerWith("held", []client.NewContainerOpts{
-		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: runcBin}),
+		te.runtime(&options.Options{BinaryName: runcBin}),
 	}, oci.WithProcessArgs("sleep", "1000"))
 	rec := te.recordEvents()
 	task, exitCh := te.startTask(c, te.io(nil, io.Discard, io.Discard))

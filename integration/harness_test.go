@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"cmp"
+	"debug/buildinfo"
 	"flag"
 	"fmt"
 	"os"
@@ -17,6 +19,9 @@ type settings struct {
 	toolsBin   string // TOOLS_BIN: containerd, ctr, runc
 	imageTar   string // TEST_IMAGE_TAR
 	require    bool   // REQUIRE_INTEGRATION=1
+	// cgroupDriver is TEST_CGROUP_DRIVER: cgroupfs (default) or systemd
+	// (cgroupdriver_test.go).
+	cgroupDriver string
 }
 
 func loadSettings() settings {
@@ -34,12 +39,21 @@ func loadSettings() settings {
 		return def
 	}
 	return settings{
-		repoRoot:   root,
-		shimBinary: get("SHIM_BINARY", filepath.Join(root, "bin", "containerd-shim-runc-v2")),
-		toolsBin:   get("TOOLS_BIN", filepath.Join(root, ".tools", "bin")),
-		imageTar:   get("TEST_IMAGE_TAR", filepath.Join(root, ".tools", "images", "busybox.tar")),
-		require:    os.Getenv("REQUIRE_INTEGRATION") == "1",
+		repoRoot:     root,
+		shimBinary:   get("SHIM_BINARY", filepath.Join(root, "bin", "containerd-shim-runc-v2")),
+		toolsBin:     get("TOOLS_BIN", filepath.Join(root, ".tools", "bin")),
+		imageTar:     get("TEST_IMAGE_TAR", filepath.Join(root, ".tools", "images", "busybox.tar")),
+		require:      os.Getenv("REQUIRE_INTEGRATION") == "1",
+		cgroupDriver: cmp.Or(os.Getenv("TEST_CGROUP_DRIVER"), driverCgroupfs),
 	}
+}
+
+// ours reports whether SHIM_BINARY is this project's shim (its main
+// module is oomshim) rather than, say, the reference shim: checks of what
+// only this shim does (its log lines) apply to it alone.
+func (h *harness) ours() bool {
+	info, err := buildinfo.ReadFile(h.s.shimBinary)
+	return err == nil && info.Main.Path == "oomshim"
 }
 
 func (s settings) containerd() string { return filepath.Join(s.toolsBin, "containerd") }
@@ -74,6 +88,19 @@ func (s settings) missing() string {
 	if _, err := exec.LookPath("mount"); err != nil {
 		return "mount(8) not found"
 	}
+	switch s.cgroupDriver {
+	case driverCgroupfs:
+	case driverSystemd:
+		// sd_booted(3): systemd is the init and the service manager.
+		if _, err := os.Stat("/run/systemd/system"); err != nil {
+			return "TEST_CGROUP_DRIVER=systemd but systemd is not running (no /run/systemd/system)"
+		}
+		if _, err := exec.LookPath("systemctl"); err != nil {
+			return "TEST_CGROUP_DRIVER=systemd but systemctl is not on PATH"
+		}
+	default:
+		return fmt.Sprintf("TEST_CGROUP_DRIVER=%q: want %s or %s", s.cgroupDriver, driverCgroupfs, driverSystemd)
+	}
 	return ""
 }
 
@@ -107,7 +134,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	theHarness = h
-	fmt.Fprintf(os.Stderr, "integration: containerd at %s, shim %s, image %s\n", h.Address, s.shimBinary, h.imageRef)
+	fmt.Fprintf(os.Stderr, "integration: containerd at %s, shim %s, image %s, cgroup driver %s\n", h.Address, s.shimBinary, h.imageRef, s.cgroupDriver)
 
 	code := m.Run()
 

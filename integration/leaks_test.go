@@ -87,7 +87,7 @@ func (h *harness) leaksIn(ns string) []string {
 			problems = append(problems, "leaked container cgroup "+c)
 		}
 	}
-	return problems
+	return append(problems, h.systemdLeftovers(ns)...)
 }
 
 // leaksGlobal reports what the whole run left behind besides namespaces.
@@ -134,6 +134,7 @@ func (h *harness) teardown() []string {
 			}
 		}
 	}
+	problems = append(problems, h.systemdFinal()...)
 	h.cleanup()
 	return problems
 }
@@ -166,7 +167,7 @@ func TestNoLeaks(t *testing.T) {
 		}
 	}
 	for i := range 2 {
-		if out, err := te.ctr("run", "--rm", "--fifo-dir", te.h.FifoDir, te.h.imageRef, fmt.Sprintf("ctr-%d", i), "true"); err != nil {
+		if out, err := te.ctrRun(te.ctx, te.h.imageRef, fmt.Sprintf("ctr-%d", i), "true"); err != nil {
 			t.Fatalf("ctr run %d: %v\n%s", i, err, out)
 		}
 	}

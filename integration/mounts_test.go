@@ -87,7 +87,7 @@ func TestManyLayerImage(t *testing.T) {
 		t.Fatalf("derive the %d-layer image: %v", layers, err)
 	}
 	want := strconv.Itoa(layers - 1)
-	out, err := te.ctr(append([]string{"run", "--rm", ref, "layers-ctr"}, countLayers...)...)
+	out, err := te.ctrRun(te.ctx, ref, "layers-ctr", countLayers...)
 	if err != nil {
 		t.Fatalf("ctr run: %v: %s", err, out)
 	}

@@ -189,8 +189,9 @@ func TestOOM(t *testing.T) {
 
 	// The same once the cgroup is gone before Delete, as the systemd
 	// driver's scope goes when its last process exits: Stats answers the
-	// OOM watcher's last counters. The test removes the stopped
-	// container's own (empty) cgroups itself, in every hierarchy.
+	// OOM watcher's last counters. Under cgroupfs the test removes the
+	// stopped container's own (empty) cgroups itself, in every hierarchy;
+	// under systemd it waits for systemd to remove the scope.
 	t.Run("stats after the cgroup is gone", func(t *testing.T) {
 		te := newTestEnv(t)
 		task, exitCh := te.startTask(te.oomContainer(mem, "hog", oomHog), te.io(nil, io.Discard, io.Discard))
@@ -198,6 +199,15 @@ func TestOOM(t *testing.T) {
 			t.Errorf("exit status %d, want 137", code)
 		}
 		removed := 0
+		if te.h.systemd() {
+			// systemd removes the scope itself once its only process is
+			// gone: nothing to do but see that it did.
+			scope := te.h.scopeDir(te.ns, "hog")
+			if err := waitGone(te.ctx, scope); err != nil {
+				t.Fatalf("systemd kept the scope of the OOM-killed container: %v", err)
+			}
+			removed++
+		}
 		for _, nsDir := range testkit.NamespaceCgroups(te.ns) {
 			dir := filepath.Join(nsDir, "hog")
 			if err := syscall.Rmdir(dir); err == nil {

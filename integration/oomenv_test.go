@@ -297,13 +297,23 @@ func countOOMs(events []recordedEvent) int {
 // began that mention word (a container ID) as a whole word; the shim logs
 // into containerd's log at debug level.
 func (te *testEnv) logExcerpt(word string, n int) string {
+	lines, err := te.logLinesNaming(word, n)
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("  containerd/shim log lines naming %s (last %d):\n    %s", word, len(lines), strings.Join(lines, "\n    "))
+}
+
+// logLinesNaming returns the last n lines of containerd's log since the
+// test began that mention word as a whole word.
+func (te *testEnv) logLinesNaming(word string, n int) ([]string, error) {
 	f, err := os.Open(te.h.LogPath)
 	if err != nil {
-		return fmt.Sprintf("(no containerd log: %v)", err)
+		return nil, fmt.Errorf("(no containerd log: %v)", err)
 	}
 	defer f.Close()
 	if _, err := f.Seek(te.logStart, 0); err != nil {
-		return err.Error()
+		return nil, err
 	}
 	var lines []string
 	sc := bufio.NewScanner(f)
@@ -319,7 +329,7 @@ func (te *testEnv) logExcerpt(word string, n int) string {
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	return fmt.Sprintf("  containerd/shim log lines naming %s (last %d):\n    %s", word, len(lines), strings.Join(lines, "\n    "))
+	return lines, sc.Err()
 }
 
 // mentions reports whether line contains word not followed or preceded by

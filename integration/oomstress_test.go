@@ -200,9 +200,10 @@ func TestOOMStress(t *testing.T) {
 func (te *testEnv) runOOMOnce(mem memoryCgroups, img client.Image, id string, budget time.Duration) (code uint32, err error) {
 	ctx, cancel := context.WithTimeout(te.ctx, budget)
 	defer cancel()
-	c, err := te.c.NewContainer(ctx, id,
+	driverCopts, driverSopts := te.cgroupOpts(id)
+	c, err := te.c.NewContainer(ctx, id, append(driverCopts,
 		client.WithNewSnapshot(id+"-rootfs", img),
-		client.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(img)}, oomSpec(mem, oomHog...)...)...))
+		client.WithNewSpec(append(append([]oci.SpecOpts{oci.WithImageConfig(img)}, driverSopts...), oomSpec(mem, oomHog...)...)...))...)
 	if err != nil {
 		return 0, fmt.Errorf("create container: %w", err)
 	}

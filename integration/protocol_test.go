@@ -189,7 +189,7 @@ func runcWrapper(t *testing.T, te *testEnv, dir string) string {
 func wrappedContainer(t *testing.T, te *testEnv, dir, id string) client.Container {
 	t.Helper()
 	return te.containerWith(id, []client.NewContainerOpts{
-		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: runcWrapper(t, te, dir)}),
+		te.runtime(&options.Options{BinaryName: runcWrapper(t, te, dir)}),
 	}, oci.WithProcessArgs("sleep", "1000"))
 }
 

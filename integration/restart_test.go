@@ -41,8 +41,9 @@ func TestContainerdRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := d.Client.NewContainer(ctx, "survivor", client.WithNewSnapshot("survivor-rootfs", img),
-		client.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs("sleep", "1000")))
+	driverCopts, driverSopts := te.cgroupOpts("survivor")
+	c, err := d.Client.NewContainer(ctx, "survivor", append(driverCopts, client.WithNewSnapshot("survivor-rootfs", img),
+		client.WithNewSpec(append(driverSopts, oci.WithImageConfig(img), oci.WithProcessArgs("sleep", "1000"))...))...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,7 +50,7 @@ func TestStressRunRm(t *testing.T) {
 	for i := range cycles {
 		id := fmt.Sprintf("cycle-%d", i)
 		ctx, cancel := context.WithTimeout(te.ctx, time.Minute)
-		out, err := te.ctrContext(ctx, "run", "--rm", "--fifo-dir", te.h.FifoDir, te.h.imageRef, id, "true")
+		out, err := te.ctrRun(ctx, te.h.imageRef, id, "true")
 		cancel()
 		if err != nil {
 			failures = append(failures, fmt.Sprintf("%s: %v: %s", id, err, strings.TrimSpace(stripCtrNoise(string(out)))))

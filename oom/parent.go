@@ -17,18 +17,28 @@ import (
 // the kill.
 //
 // A kill is attributed to a container whose cgroup was gone before its
-// final read only when the container's init died of SIGKILL, and only for
-// the part of the parent's rise that no other watched child accounts for.
-// Kills in children the shim does not watch are counted too: in a pod's
-// slice every container is the pod shim's; containers of several shims
-// put in one slice could take each other's kill when they die at once.
+// final read only when the container's init died of SIGKILL, no OOM kill
+// of it was reported before (one TaskOOM explains the exit), and the
+// parent's counter rose beyond what the reports for its watched children
+// account for; it then takes one kill of that rise, so that every sibling
+// it cannot tell apart from keeps one. Kills in children the shim does
+// not watch are counted too: in a pod's slice every container is the pod
+// shim's; containers of several shims put in one slice could take each
+// other's kill when they die at once.
+//
+// Whose limit fired is read from the parent's memory.events.local, whose
+// counters are the parent's own: a rise of its "oom" means the parent's
+// limit (a pod's) fired, so the kill is LevelAncestor; otherwise it stays
+// LevelUnknown (the container's own limit, most likely, but its counters
+// are gone).
 type parent struct {
 	dir string
 
-	mu       sync.Mutex
-	base     uint64            // the parent's oom_kill when the first child was added
-	seen     uint64            // kills reported for children since then
-	children map[*watch]uint64 // each child's oom_kill when it was added
+	mu        sync.Mutex
+	base      uint64            // the parent's oom_kill when the first child was added
+	baseLocal uint64            // the parent's own (memory.events.local) oom count then
+	seen      uint64            // kills reported for children since then
+	children  map[*watch]uint64 // each child's oom_kill when it was added
 }
 
 // readParentKills reads the oom_kill count of the cgroup at dir.
@@ -38,6 +48,17 @@ func readParentKills(dir string) (uint64, error) {
 		return 0, err
 	}
 	return parseKeyed(data, "oom_kill")
+}
+
+// readLocalOOMs reads the count of OOMs of the cgroup at dir's own limit
+// (memory.events.local, Linux 5.2 and later); 0 where it is missing.
+func readLocalOOMs(dir string) uint64 {
+	data, err := os.ReadFile(filepath.Join(dir, "memory.events.local"))
+	if err != nil {
+		return 0
+	}
+	n, _ := parseKeyed(data, "oom")
+	return n
 }
 
 // parentOf returns the parent of v2 cgroup dir, starting it when wt is its
@@ -51,7 +72,7 @@ func (w *Watcher) parentOf(wt *watch) *parent {
 		if err != nil {
 			return nil
 		}
-		p = &parent{dir: dir, base: base, children: map[*watch]uint64{}}
+		p = &parent{dir: dir, base: base, baseLocal: readLocalOOMs(dir), children: map[*watch]uint64{}}
 		w.parents[dir] = p
 	}
 	p.mu.Lock()
@@ -78,16 +99,25 @@ func (p *parent) counted(kills uint64) {
 	p.mu.Unlock()
 }
 
-// unaccounted reads p's counter and returns the kills in its subtree since
-// its first child was added that no report has accounted for.
-func (p *parent) unaccounted() uint64 {
+// claim takes one of the kills in p's subtree since its first child was
+// added that no report has accounted for, if there is one, and says whose
+// limit fired: LevelAncestor when p's own limit did since then.
+func (p *parent) claim() (bool, Level) {
 	now, err := readParentKills(p.dir)
 	if err != nil {
-		return 0
+		return false, 0
 	}
+	local := readLocalOOMs(p.dir)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return unaccountedKills(now, p.base, p.seen)
+	if unaccountedKills(now, p.base, p.seen) == 0 {
+		return false, 0
+	}
+	p.seen++
+	if local > p.baseLocal {
+		return true, LevelAncestor
+	}
+	return true, LevelUnknown
 }
 
 // unaccountedKills is the rise of a parent's counter (now over base) that

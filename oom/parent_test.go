@@ -82,6 +82,45 @@ func TestParentSeesKillOfRemovedCgroup(t *testing.T) {
 	}
 }
 
+// Each container gone before its final read takes one kill of the
+// parent's unexplained rise, never one it already had reported itself, and
+// the kill is the parent's limit's (LevelAncestor) when the parent's own
+// oom counter (memory.events.local) rose.
+func TestParentClaimsOneKillEach(t *testing.T) {
+	w, events := newWatcher(t)
+	slice := t.TempDir()
+	writeEvents(t, slice, 0, 0)
+	write(t, filepath.Join(slice, "memory.events.local"), "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+	dirs := map[string]string{}
+	for _, id := range []string{"c1", "c2", "c3", "c4"} {
+		dirs[id] = childCgroup(t, slice, id+".scope")
+		if err := w.Add(id, dirs[id], true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// c1 had its own kill reported before its cgroup went: its exit is
+	// explained, it takes nothing more.
+	writeEvents(t, dirs["c1"], 1, 1)
+	if err := w.Check("c1"); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, events, Event{ID: "c1", Cgroup: dirs["c1"], OOMKill: 1, Kills: 1, Level: LevelContainer})
+	// Three kills in all, the pod's limit firing: c2 and c3 take one each,
+	// c4 finds none left.
+	writeEvents(t, slice, 1, 3)
+	write(t, filepath.Join(slice, "memory.events.local"), "low 0\nhigh 0\nmax 1\noom 1\noom_kill 0\n")
+	for _, id := range []string{"c1", "c2", "c3", "c4"} {
+		markGone(w, id)
+		if _, err := w.Stop(id, true); err != nil {
+			t.Fatal(err)
+		}
+		if id == "c2" || id == "c3" {
+			expect(t, events, Event{ID: id, Cgroup: dirs[id], OOMKill: 1, Kills: 1, Level: LevelAncestor})
+		}
+		none(t, events)
+	}
+}
+
 // A cgroup whose parent has no memory.events (the root) has no parent
 // watch and Stop works as before.
 func TestNoParentCounter(t *testing.T) {

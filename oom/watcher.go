@@ -46,7 +46,8 @@ const (
 	// LevelAncestor: a parent's limit, such as a pod's.
 	LevelAncestor
 	// LevelUnknown: the container's cgroup was gone before it could be
-	// read (the systemd driver); the kill was seen on its parent.
+	// read (the systemd driver); the kill was seen on its parent, whose
+	// own limit did not fire (else it is LevelAncestor).
 	LevelUnknown
 )
 
@@ -114,6 +115,7 @@ type watch struct {
 	buf     []byte
 	done    bool    // stopped, or its cgroup is gone
 	gone    bool    // its cgroup was gone at a read
+	oomed   bool    // an OOM kill of it was reported
 	parent  *parent // v2: its parent cgroup, nil if none is readable
 }
 
@@ -317,8 +319,9 @@ func (w *Watcher) Check(id string) error {
 //
 // sigkilled says the container's init died of SIGKILL, as an OOM kill
 // does: if its cgroup was gone before the final read (the systemd driver
-// removes an emptied scope at once), a rise of its parent's counter that
-// no other child accounts for is reported as this container's (parent.go).
+// removes an emptied scope at once) and no OOM kill of it was reported, a
+// rise of its parent's counter that no other child accounts for is
+// reported as this container's (parent.go).
 func (w *Watcher) Stop(id string, sigkilled bool) (Counts, error) {
 	w.mu.Lock()
 	wt, ok := w.byID[id]
@@ -341,7 +344,7 @@ func (w *Watcher) Stop(id string, sigkilled bool) (Counts, error) {
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
 	w.update(wt)
-	if wt.gone && sigkilled && wt.parent != nil {
+	if wt.gone && sigkilled && wt.parent != nil && !wt.oomed {
 		w.fromParent(wt)
 	}
 	wt.done = true
@@ -355,15 +358,14 @@ func (w *Watcher) Stop(id string, sigkilled bool) (Counts, error) {
 	return wt.last, nil
 }
 
-// fromParent reports the kills of wt's parent that no report explains as
+// fromParent reports one kill of wt's parent that no report explains as
 // wt's, whose own counters could no longer be read. wt.mu is held.
 func (w *Watcher) fromParent(wt *watch) {
-	kills := wt.parent.unaccounted()
-	if kills == 0 {
+	ok, level := wt.parent.claim()
+	if !ok {
 		return
 	}
-	wt.parent.counted(kills)
-	ev := Event{ID: wt.id, Cgroup: wt.dir, OOMKill: wt.last.OOMKill + kills, Kills: kills, Level: LevelUnknown}
+	ev := Event{ID: wt.id, Cgroup: wt.dir, OOMKill: wt.last.OOMKill + 1, Kills: 1, Level: level}
 	wt.last.OOMKill = ev.OOMKill
 	w.report(ev)
 	log.G(w.ctx).WithFields(log.Fields{
@@ -455,6 +457,7 @@ func (w *Watcher) update(wt *watch) bool {
 		ev.Level = LevelContainer
 	}
 	wt.last = c
+	wt.oomed = true
 	if wt.parent != nil {
 		wt.parent.counted(ev.Kills)
 	}

@@ -16,9 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup1"
-	"github.com/containerd/cgroups/v3/cgroup2"
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/typeurl/v2"
@@ -269,7 +266,7 @@ func launch(f flags, p startParams, address string, l *net.UnixListener) (retErr
 		return errors.New(msg)
 	}
 	if p.options != nil && p.options.ShimCgroup != "" {
-		if err := joinCgroup(p.options.ShimCgroup, cmd.Process.Pid); err != nil {
+		if err := joinCgroup(p.options.ShimCgroup, cmd.Process.Pid, f.namespace, f.id); err != nil {
 			return err
 		}
 	}
@@ -307,24 +304,3 @@ func readReady(r *os.File, timeout time.Duration) (string, error) {
 	return strings.TrimSpace(buf.String()), nil
 }
 
-// joinCgroup moves pid into the cgroup containerd named in ShimCgroup.
-func joinCgroup(path string, pid int) error {
-	if cgroups.Mode() == cgroups.Unified {
-		m, err := cgroup2.Load(path)
-		if err != nil {
-			return fmt.Errorf("load shim cgroup %s: %w", path, err)
-		}
-		if err := m.AddProc(uint64(pid)); err != nil {
-			return fmt.Errorf("join shim cgroup %s: %w", path, err)
-		}
-		return nil
-	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
-	if err != nil {
-		return fmt.Errorf("load shim cgroup %s: %w", path, err)
-	}
-	if err := cg.AddProc(uint64(pid)); err != nil {
-		return fmt.Errorf("join shim cgroup %s: %w", path, err)
-	}
-	return nil
-}

@@ -111,3 +111,22 @@ func TestSocketAddress(t *testing.T) {
 		t.Fatal("two groups share an address")
 	}
 }
+
+func TestIsSliceUnit(t *testing.T) {
+	for s, want := range map[string]bool{
+		"shims.slice":           true,
+		"kubepods-shims.slice":  true,
+		"/shims":                false,
+		"/system.slice/x.slice": false, // a cgroupfs path, as the stock shim takes it
+		".slice":                false,
+		"shims":                 false,
+		"":                      false,
+	} {
+		if got := isSliceUnit(s); got != want {
+			t.Errorf("isSliceUnit(%q) = %v, want %v", s, got, want)
+		}
+	}
+	if got := shimScope("c1", 42); got != "containerd-shim-c1-42.scope" {
+		t.Errorf("shimScope = %q", got)
+	}
+}

@@ -29,7 +29,7 @@ const RuncRoot = "/run/containerd/runc"
 
 // Options describe a private containerd.
 type Options struct {
-	Prefix   string // of its directory under /run, such as "oomshim-test-"
+	Prefix   string // of its directory under BaseDir, such as "oomshim-test-"
 	Title    string // what the generated config says it is for
 	Shim     string // the binary on PATH as containerd-shim-runc-v2
 	ToolsBin string // holds containerd and runc; on PATH after Shim's dir
@@ -45,11 +45,14 @@ type Options struct {
 // CRIOptions configure containerd's CRI plugin.
 type CRIOptions struct {
 	SandboxImage string
+	// SystemdCgroup sets the runc runtime's option of that name, as
+	// kubeadm's nodes do: pods' CgroupParent is then a systemd slice.
+	SystemdCgroup bool
 }
 
 // Containerd is a running private containerd.
 type Containerd struct {
-	Base         string // /run/<Prefix>NNN: everything of this daemon lives here
+	Base         string // /run/<Prefix>NNN: everything of this daemon lives here (see baseDir)
 	Root         string
 	State        string
 	SocketDir    string // shim sockets (short: see maxSocketDirLen)
@@ -85,6 +88,10 @@ imports = []
 [plugins."io.containerd.cri.v1.runtime"]
   # Root here may lack CAP_SYS_RESOURCE: never lower an oom_score_adj.
   restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+      SystemdCgroup = {{.SystemdCgroup}}
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{{.Base}}/cni/bin"]
     conf_dir = "{{.Base}}/cni/conf"
@@ -117,6 +124,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   disable = true
 `))
 
+// baseDir is where daemons get their directories: TESTKIT_BASE_DIR, or
+// /run. A disk filesystem there lets kernels that cannot idmap tmpfs
+// (before 6.3) run user-namespace pods.
+func baseDir() string {
+	if d := os.Getenv("TESTKIT_BASE_DIR"); d != "" {
+		return d
+	}
+	return "/run"
+}
+
 // Start starts containerd and waits until it serves. A non-nil result
 // needs Stop and Remove even when err is set.
 func Start(ctx context.Context, o Options) (*Containerd, error) {
@@ -126,7 +143,7 @@ func Start(ctx context.Context, o Options) (*Containerd, error) {
 			c.createdDirs = append(c.createdDirs, d)
 		}
 	}
-	base, err := os.MkdirTemp("/run", o.Prefix)
+	base, err := os.MkdirTemp(baseDir(), o.Prefix)
 	if err != nil {
 		return nil, err
 	}
@@ -166,6 +183,7 @@ func Start(ctx context.Context, o Options) (*Containerd, error) {
 	}
 	if o.CRI != nil {
 		params["SandboxImage"] = o.CRI.SandboxImage
+		params["SystemdCgroup"] = o.CRI.SystemdCgroup
 	}
 	if err := configTemplate.Execute(&buf, params); err != nil {
 		return c, err
