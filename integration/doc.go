@@ -16,12 +16,19 @@
 //	OOM_STRESS_CONTAINERS  OOM-killed containers per round, run at once (default 8)
 //	OOM_STRESS_ROUNDS      rounds of the OOM stress test (default 10)
 //	REQUIRE_INTEGRATION=1  turn skips for missing prerequisites into failures
+//	TEST_CGROUP_DRIVER     cgroupfs (default) or systemd: every container gets
+//	                       the runc option SystemdCgroup and a slice:prefix:id
+//	                       cgroup, CRI runs with SystemdCgroup = true and pods
+//	                       get a *.slice parent (cgroupdriver_test.go); needs
+//	                       systemd as PID 1
+//	TESTKIT_BASE_DIR       where the daemons' directories go (default /run)
 //
 // TestMain starts one containerd for the whole package under /run/oomshim-test-*,
 // with the CRI plugin disabled and containerd-shim-runc-v2 on its PATH pointing
 // at SHIM_BINARY. Every test uses its own containerd namespace. After the
 // tests, TestMain stops containerd and fails the run if a shim process, mount,
-// fifo, bundle, runc container or cgroup made by the tests is left behind.
+// fifo, bundle, runc container or cgroup made by the tests is left behind
+// (under systemd also any scope or slice of the run).
 //
 // The OOM tests (TestOOM, TestOOMStress) run containers with a 20 MiB memory
 // limit and an equal memory+swap limit (where swap can be limited) that

@@ -73,7 +73,7 @@ func TestOOMPodLimit(t *testing.T) {
 	for _, l := range lines {
 		if strings.Contains(l, `msg="container OOM-killed`) {
 			_, v, _ := strings.Cut(l, " limit=")
-			limits = append(limits, strings.Fields(v+" ")[0])
+			limits = append(limits, strings.Fields(v + " ")[0])
 		}
 	}
 	switch {

@@ -76,9 +76,10 @@ ExecStart=/oomshim/boot.sh
 StandardOutput=journal+console
 StandardError=journal+console'
 PACKAGES=systemd,systemd-sysv,dbus,kmod,iproute2,util-linux,e2fsprogs,busybox-static
-# Units a container host needs none of here: no login prompt, no clock
-# sync, no periodic jobs.
-MASKED=(getty@tty1.service serial-getty@ttyS0.service systemd-timesyncd.service
+# Units a container host needs none of here: no login prompt or login
+# sessions, no clock sync, no periodic jobs.
+MASKED=(getty@tty1.service serial-getty@ttyS0.service systemd-logind.service
+	systemd-user-sessions.service systemd-update-utmp.service systemd-timesyncd.service
 	apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer
 	e2scrub_reap.service fstrim.timer systemd-tmpfiles-clean.timer)
 want="$({
