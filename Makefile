@@ -18,7 +18,7 @@ export SHIM_BINARY := $(SHIM)
 export TOOLS_BIN
 export TEST_IMAGE_TAR := $(IMAGE_TAR)
 
-.PHONY: all build install tools image test unit integration critest test-cgroup2 critest-cgroup2 test-systemd stress bench demo clean
+.PHONY: all build install tools image test unit integration critest test-cgroup2 critest-cgroup2 test-systemd fuzz stress bench demo clean
 
 all: build
 
@@ -44,7 +44,11 @@ image: tools
 # integration suite again in a VM booting systemd (systemd cgroup driver).
 test: unit integration critest test-cgroup2 critest-cgroup2 test-systemd
 
+# unit: the modules of go.work are tidy and agree on shared versions
+# (scripts/check-modules.sh), then vet and the unit tests of each; the
+# fuzz targets' seed corpora run as tests here (make fuzz fuzzes).
 unit:
+	./scripts/check-modules.sh
 	go vet -tags $(GO_TAGS) ./...
 	go test -tags $(GO_TAGS) -race -count=1 ./...
 	cd testkit && go vet ./... && go test -count=1 ./...
@@ -91,6 +95,21 @@ critest-cgroup2: build image tools
 # the smoke set only.
 test-systemd: build image
 	VM_CYCLES=$(VM_CYCLES) ./scripts/vm/systemd/lane.sh
+
+# Every Go fuzz target (func FuzzXxx: the parsers of outside input) for
+# FUZZTIME each; `make test` runs their seed corpora (f.Add and
+# testdata/fuzz) as ordinary tests. A crash leaves its input in the
+# package's testdata/fuzz, to be fixed and committed as a regression seed.
+FUZZTIME ?= 60s
+FUZZ_PKGS := ./oom ./task ./shim ./process
+
+fuzz:
+	@set -e; for pkg in $(FUZZ_PKGS); do \
+		for target in $$(go test -tags $(GO_TAGS) -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$target ($(FUZZTIME))"; \
+			go test -tags $(GO_TAGS) -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
 
 # OOM stress on demand: OOM_STRESS_ROUNDS rounds of OOM_STRESS_CONTAINERS
 # containers OOM-killed at once; each must exit 137 with exactly one TaskOOM

@@ -297,22 +297,36 @@ func TestV1NotificationBeforeCount(t *testing.T) {
 }
 
 // TestV1CountAfterFastRereads: a kill counted only after the fast re-reads
-// (here 30 ms after the notification) is still reported by the slower ones,
-// once; then the timer is left disarmed.
+// (the watcher already re-reads at a longer interval) is still reported by
+// the slower ones, once; then the timer is left disarmed.
 func TestV1CountAfterFastRereads(t *testing.T) {
 	w, events, dir, notify := watchV1(t)
 	notify()
-	time.Sleep(30 * time.Millisecond)
+	// The one-shot timer is armed for at most recheckFast while the fast
+	// re-reads last, for longer after.
+	waitTimer(t, w, "armed for a slow re-read", func(v time.Duration) bool { return v > recheckFast })
 	none(t, events)
 	writeOOMControl(t, dir, 1)
 	expect(t, events, Event{ID: "c1", Cgroup: dir, OOMKill: 1, Kills: 1, Level: LevelAncestor})
-	time.Sleep(20 * time.Millisecond)
-	var cur unix.ItimerSpec
-	if err := unix.TimerfdGettime(int(w.timer.Load()), &cur); err != nil {
-		t.Fatal(err)
-	}
-	if cur.Value.Nano() != 0 {
-		t.Fatalf("re-read timer still armed: %v", cur.Value)
-	}
+	waitTimer(t, w, "disarmed", func(v time.Duration) bool { return v == 0 })
 	none(t, events)
+}
+
+// waitTimer waits until the re-read timer's time to expiry satisfies ok,
+// for at most 5 s.
+func waitTimer(t *testing.T, w *Watcher, what string, ok func(time.Duration) bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var cur unix.ItimerSpec
+		if err := unix.TimerfdGettime(int(w.timer.Load()), &cur); err != nil {
+			t.Fatal(err)
+		}
+		if v := time.Duration(cur.Value.Nano()); ok(v) {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("re-read timer never %s (now %v)", what, v)
+		}
+		runtime.Gosched()
+	}
 }

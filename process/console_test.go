@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -84,7 +85,10 @@ func TestTerminalCopies(t *testing.T) {
 	if err := tt.Resize(100, 40); err != nil {
 		t.Fatal(err)
 	}
-	sc, _ := console.ConsoleFromFile(slave)
+	sc, err := console.ConsoleFromFile(slave)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if ws, err := sc.Size(); err != nil || ws.Width != 100 || ws.Height != 40 {
 		t.Fatalf("window size %+v, %v; want 100x40", ws, err)
 	}
@@ -219,13 +223,47 @@ func TestTerminalCloseWithStalledReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	go slave.Write(bytes.Repeat([]byte("y"), 1<<20)) // fails with EIO once hung up
-	time.Sleep(50 * time.Millisecond)                // let the fifo fill
+	waitPipeFull(t, outFile)
 	closed := make(chan struct{})
 	go func() {
 		tt.Close()
 		close(closed)
 	}()
 	waitClosed(t, "Close", closed)
+}
+
+// waitPipeFull waits until the pipe or fifo behind f is full: not
+// writable (poll without POLLOUT: less than PIPE_BUF free), so a writer
+// blocks; for at most 10 s. Through SyscallConn: f.Fd() would make the
+// descriptor blocking under the copy that writes to it.
+func waitPipeFull(t *testing.T, f *os.File) {
+	t.Helper()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var writable bool
+		var perr error
+		if err := rc.Control(func(fd uintptr) {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			_, perr = unix.Poll(fds, 0)
+			writable = fds[0].Revents&unix.POLLOUT != 0
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if perr != nil && !errors.Is(perr, unix.EINTR) {
+			t.Fatal(perr)
+		}
+		if !writable {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the fifo still takes writes after 10 s")
+		}
+		runtime.Gosched()
+	}
 }
 
 // Without stdin or stdout the output is read and discarded, so the process

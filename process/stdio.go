@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/containerd/errdefs"
 	gorunc "github.com/containerd/go-runc"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -143,6 +144,20 @@ type output struct {
 // or fifo://), a file:// URI (its directory is created), or a logging
 // binary (binary://, binary-v2://).
 func parseOutput(target string) (output, error) {
+	o, err := classifyOutput(target)
+	if err != nil || !o.file {
+		return o, err
+	}
+	if err := os.MkdirAll(filepath.Dir(o.path), 0o755); err != nil {
+		return output{}, err
+	}
+	return o, nil
+}
+
+// classifyOutput is parseOutput without touching the filesystem. A
+// fifo:// or file:// URI must name an absolute path ("file://log" names a
+// host, not a file), as a logging binary must.
+func classifyOutput(target string) (output, error) {
 	if target == "" {
 		return output{}, nil
 	}
@@ -151,13 +166,11 @@ func parseOutput(target string) (output, error) {
 		return output{path: target}, nil
 	}
 	switch u.Scheme {
-	case "fifo":
-		return output{path: u.Path}, nil
-	case "file":
-		if err := os.MkdirAll(filepath.Dir(u.Path), 0o755); err != nil {
-			return output{}, err
+	case "fifo", "file":
+		if !filepath.IsAbs(u.Path) {
+			return output{}, fmt.Errorf("%s:// stdio %q is not an absolute path: %w", u.Scheme, target, errdefs.ErrInvalidArgument)
 		}
-		return output{path: u.Path, file: true}, nil
+		return output{path: u.Path, file: u.Scheme == "file"}, nil
 	case "binary", "binary-v2":
 		if !filepath.IsAbs(u.Path) {
 			return output{}, fmt.Errorf("logging binary %q is not an absolute path: %w", u.Path, ErrUnsupportedIO)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -67,6 +68,7 @@ func TestOutputTargets(t *testing.T) {
 		{"file uri", Stdio{Stdout: "file://" + filepath.Join(dir, "sub", "out.log")}, nil},
 		{"syslog uri", Stdio{Stdout: "syslog://localhost"}, ErrUnsupportedIO},
 		{"relative logging binary", Stdio{Stdout: "binary://logger"}, ErrUnsupportedIO},
+		{"file uri naming a host, not a file", Stdio{Stdout: "file://out.log"}, errdefs.ErrInvalidArgument},
 		{"terminal", Stdio{Terminal: true}, nil},
 		{"terminal to a syslog uri", Stdio{Terminal: true, Stdout: "syslog://localhost"}, ErrUnsupportedIO},
 	} {
@@ -224,4 +226,30 @@ func TestIoUIDPipes(t *testing.T) {
 		t.Errorf("log file holds %q, %v", data, err)
 	}
 	p.Close()
+}
+
+// FuzzClassifyOutput: a stdio target from containerd (a fifo path, fifo://,
+// file://, binary://, binary-v2:// or anything else) never panics the
+// parse; what it accepts as a path or a logging binary is absolute, and a
+// refusal is ErrUnsupportedIO or InvalidArgument.
+func FuzzClassifyOutput(f *testing.F) {
+	for _, s := range []string{"", "/run/fifo/1-stdout", "fifo:///run/f", "file:///var/log/x.log", "file://log",
+		"binary:///usr/bin/logger?a=b", "binary-v2:///bin/l", "binary://rel", "syslog://localhost", "%zz", "file:"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		o, err := classifyOutput(target)
+		if err != nil {
+			if !errors.Is(err, ErrUnsupportedIO) && !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("%q: %v", target, err)
+			}
+			return
+		}
+		if o.binary != nil && !filepath.IsAbs(o.binary.Path) {
+			t.Fatalf("%q: relative logging binary %q", target, o.binary.Path)
+		}
+		if o.file && !filepath.IsAbs(o.path) {
+			t.Fatalf("%q: relative file %q", target, o.path)
+		}
+	})
 }

@@ -68,8 +68,8 @@ func TestStartLocked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if status, _ := r.Wait(cmd, ch); status != 4 {
-		t.Fatalf("status %d, want 4", status)
+	if status, err := r.Wait(cmd, ch); err != nil || status != 4 {
+		t.Fatalf("status %d, %v; want 4", status, err)
 	}
 	if _, err := r.StartLocked(exec.Command("/nonexistent/binary")); err == nil {
 		t.Fatal("starting a missing binary succeeded")

@@ -57,13 +57,14 @@ func withWatcher(h *harness) *fakeWatcher {
 func TestOOMQueuedBeforeInitExit(t *testing.T) {
 	h := newHarness(t, nil)
 	w := withWatcher(h)
-	ctx := context.Background()
 	init := h.create("c1")
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.start("c1", "")
 	w.onStop = true
 	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 137)})
 	h.want("/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit")
-	h.svc.Delete(ctx, &taskapi.DeleteRequest{ID: "c1"})
+	if _, err := h.svc.Delete(context.Background(), &taskapi.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
 	if len(w.stopped) != 1 {
 		t.Fatalf("watch stopped %d times", len(w.stopped))
 	}
@@ -72,11 +73,10 @@ func TestOOMQueuedBeforeInitExit(t *testing.T) {
 func TestOOMQueuedBeforeExecExit(t *testing.T) {
 	h := newHarness(t, nil)
 	w := withWatcher(h)
-	ctx := context.Background()
 	h.create("c1")
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.start("c1", "")
 	e := h.exec("c1", "e1")
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"})
+	h.start("c1", "e1")
 	w.onCheck = true
 	h.svc.HandleExits([]runc.Exit{exit(e.Pid(), 137)})
 	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/oom", "/tasks/exit")

@@ -103,6 +103,27 @@ func newHarness(t *testing.T, rec *recorder) *harness {
 	return h
 }
 
+// start starts the container's init (execID "") or an exec and fails the
+// test if Start fails.
+func (h *harness) start(id, execID string) *taskapi.StartResponse {
+	h.t.Helper()
+	r, err := h.svc.Start(context.Background(), &taskapi.StartRequest{ID: id, ExecID: execID})
+	if err != nil {
+		h.t.Fatalf("start %s %s: %v", id, execID, err)
+	}
+	return r
+}
+
+// wait waits for the process and fails the test if Wait fails.
+func (h *harness) wait(id, execID string) *taskapi.WaitResponse {
+	h.t.Helper()
+	r, err := h.svc.Wait(context.Background(), &taskapi.WaitRequest{ID: id, ExecID: execID})
+	if err != nil {
+		h.t.Fatalf("wait %s %s: %v", id, execID, err)
+	}
+	return r
+}
+
 // bundleConfig is a container with a PID namespace of its own.
 const bundleConfig = `{"process":{"args":["sh"]},"linux":{"namespaces":[{"type":"pid"}]}}`
 
@@ -209,7 +230,7 @@ func TestExecExitBeforePidKnown(t *testing.T) {
 	h := newHarness(t, nil)
 	ctx := context.Background()
 	h.create("c1")
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.start("c1", "")
 	e := h.exec("c1", "e1")
 	e.onStart = func() { h.svc.HandleExits([]runc.Exit{exit(e.startPid, 5)}) }
 	if _, err := h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"}); err != nil {
@@ -228,10 +249,10 @@ func TestInitExitWaitsForExecExits(t *testing.T) {
 	h := newHarness(t, nil)
 	ctx := context.Background()
 	init := h.create("c1")
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.start("c1", "")
 	e1, e2 := h.exec("c1", "e1"), h.exec("c1", "e2")
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"})
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e2"})
+	h.start("c1", "e1")
+	h.start("c1", "e2")
 	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 137), exit(e1.Pid(), 137)})
 	h.flush()
 	if s := init.Status(); s != process.Running {
@@ -251,9 +272,9 @@ func TestInitExitNotWedgedByExec(t *testing.T) {
 	h := newHarness(t, nil)
 	ctx := context.Background()
 	init := h.create("c1")
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.start("c1", "")
 	h.exec("c1", "e1")
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"})
+	h.start("c1", "e1")
 	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
 	wctx, cancel := context.WithTimeout(ctx, 10*execExitGrace)
 	defer cancel()
@@ -271,7 +292,7 @@ func TestWaitHoldsUntilExitForwarded(t *testing.T) {
 		rec.gate <- struct{}{}
 	}()
 	init := h.create("c1")
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.start("c1", "")
 	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 1)})
 	done := make(chan error, 1)
 	go func() {
@@ -294,7 +315,7 @@ func TestErrorCodes(t *testing.T) {
 	h := newHarness(t, nil)
 	ctx := context.Background()
 	init := h.create("c1")
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.start("c1", "")
 	code := func(err error) error { return errgrpc.ToNative(err) }
 	for _, tc := range []struct {
 		name string
@@ -351,7 +372,7 @@ func TestErrorCodes(t *testing.T) {
 		})
 	}
 	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
-	h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
+	h.wait("c1", "")
 	if _, err := h.svc.Kill(ctx, &taskapi.KillRequest{ID: "c1", Signal: 9}); !errdefs.IsNotFound(code(err)) {
 		t.Fatalf("kill of an exited init: %v, want NotFound", err)
 	}
@@ -383,7 +404,7 @@ func TestUpdate(t *testing.T) {
 	h := newHarness(t, nil)
 	ctx := context.Background()
 	init := h.create("c1")
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.start("c1", "")
 	code := func(err error) error { return errgrpc.ToNative(err) }
 
 	limit, shares := int64(48<<20), uint64(512)
@@ -426,7 +447,7 @@ func TestUpdate(t *testing.T) {
 	}
 
 	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
-	h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
+	h.wait("c1", "")
 	if _, err := h.svc.Update(ctx, &taskapi.UpdateTaskRequest{ID: "c1", Resources: res}); !errdefs.IsNotFound(code(err)) {
 		t.Fatalf("update of an exited container: %v, want NotFound", err)
 	}
@@ -443,7 +464,7 @@ func TestPauseResume(t *testing.T) {
 	if _, err := h.svc.Pause(ctx, &taskapi.PauseRequest{ID: "c1"}); !errdefs.IsFailedPrecondition(code(err)) {
 		t.Fatalf("pause of a created container: %v, want FailedPrecondition", err)
 	}
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.start("c1", "")
 	if _, err := h.svc.Resume(ctx, &taskapi.ResumeRequest{ID: "c1"}); !errdefs.IsFailedPrecondition(code(err)) {
 		t.Fatalf("resume of a running container: %v, want FailedPrecondition", err)
 	}
@@ -478,8 +499,8 @@ func TestPauseResume(t *testing.T) {
 	if _, err := h.svc.Resume(ctx, &taskapi.ResumeRequest{ID: "c1"}); err != nil {
 		t.Fatalf("resume: %v", err)
 	}
-	if st, _ := h.svc.State(ctx, &taskapi.StateRequest{ID: "c1"}); st.Status != tasktypes.Status_RUNNING {
-		t.Fatalf("state after resume: %v", st.Status)
+	if st, err := h.svc.State(ctx, &taskapi.StateRequest{ID: "c1"}); err != nil || st.Status != tasktypes.Status_RUNNING {
+		t.Fatalf("state after resume: %v, %v", st.GetStatus(), err)
 	}
 
 	// Killed while paused: the exit is recorded and published as usual.
@@ -503,10 +524,10 @@ func TestTerminalExitWaitsForDrain(t *testing.T) {
 	code := func(err error) error { return errgrpc.ToNative(err) }
 	init := h.create("c1")
 	init.drained = make(chan struct{})
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.start("c1", "")
 	e := h.exec("c1", "e1")
 	e.drained = make(chan struct{})
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"})
+	h.start("c1", "e1")
 
 	h.svc.HandleExits([]runc.Exit{exit(e.Pid(), 0), exit(init.Pid(), 137)})
 	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started")
@@ -541,7 +562,7 @@ func TestTerminalExitGrace(t *testing.T) {
 	ctx := context.Background()
 	init := h.create("c1")
 	init.drained = make(chan struct{})
-	h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"})
+	h.start("c1", "")
 	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
 	wctx, cancel := context.WithTimeout(ctx, 10*ttyDrainGrace)
 	defer cancel()

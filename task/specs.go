@@ -41,13 +41,20 @@ func checkBundle(bundle string) (bundleInfo, error) {
 	if bundle == "" || !filepath.IsAbs(bundle) || filepath.Clean(bundle) != bundle {
 		return bundleInfo{}, fmt.Errorf("bundle %q must be a clean absolute path: %w", bundle, errdefs.ErrInvalidArgument)
 	}
-	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	path := filepath.Join(bundle, "config.json")
+	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return bundleInfo{}, fmt.Errorf("bundle %s has no config.json: %w", bundle, errdefs.ErrInvalidArgument)
 		}
 		return bundleInfo{}, fmt.Errorf("read bundle config: %w", err)
 	}
+	return parseBundleConfig(data, path)
+}
+
+// parseBundleConfig is checkBundle's check of the content of config.json
+// (read from path).
+func parseBundleConfig(data []byte, path string) (bundleInfo, error) {
 	var spec struct {
 		Process json.RawMessage `json:"process"`
 		Linux   *struct {
@@ -58,10 +65,10 @@ func checkBundle(bundle string) (bundleInfo, error) {
 		} `json:"linux"`
 	}
 	if err := json.Unmarshal(data, &spec); err != nil {
-		return bundleInfo{}, fmt.Errorf("malformed %s: %v: %w", filepath.Join(bundle, "config.json"), err, errdefs.ErrInvalidArgument)
+		return bundleInfo{}, fmt.Errorf("malformed %s: %v: %w", path, err, errdefs.ErrInvalidArgument)
 	}
 	if len(spec.Process) == 0 || spec.Process[0] != '{' {
-		return bundleInfo{}, fmt.Errorf("%s has no process object: %w", filepath.Join(bundle, "config.json"), errdefs.ErrInvalidArgument)
+		return bundleInfo{}, fmt.Errorf("%s has no process object: %w", path, errdefs.ErrInvalidArgument)
 	}
 	// As the stock shim decides it: a new PID namespace is one of type
 	// pid with no path to join.

@@ -64,8 +64,9 @@ else
 	mkdir -p "$(dirname "$copy")"
 	cp -r "$src" "$copy"
 	chmod -R u+w "$copy"
+	# GOWORK=off: the copy lies below this repository's go.work, outside it.
 	log "go test -c ./cmd/critest in a copy of $CRITOOLS_MOD@$CRITOOLS_VERSION"
-	(cd "$copy" && GOFLAGS="-buildvcs=false -mod=mod" go test -c -o "$BIN/critest" ./cmd/critest)
+	(cd "$copy" && GOWORK=off GOFLAGS="-buildvcs=false -mod=mod" go test -c -o "$BIN/critest" ./cmd/critest)
 	rm -rf "$copy"
 	printf '%s\n' "$CRITOOLS_VERSION" >"$BIN/critest.version"
 fi
