@@ -303,4 +303,3 @@ func readReady(r *os.File, timeout time.Duration) (string, error) {
 	}
 	return strings.TrimSpace(buf.String()), nil
 }
-
