@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
@@ -300,4 +301,56 @@ func runcArgs(dump []byte) string {
 		}
 	}
 	return "?"
+}
+
+// TestIdleServerExits: a server that containerd never talks to (started,
+// its reply never used: no connection, no request) exits after the idle
+// time with its socket removed; here SHIM_IDLE_EXIT=2s stands for the
+// default 2 minutes. One that got a request waits the idle time again
+// from it. The stock shim's server lives on (the reason for this exit:
+// 40 minutes and counting, tried with a containerd that could not use
+// the reply).
+func TestIdleServerExits(t *testing.T) {
+	te := newTestEnv(t)
+	const idle = 2 * time.Second
+	for _, asked := range []bool{false, true} {
+		id := map[bool]string{false: "idle", true: "asked"}[asked]
+		dir, logBuf := te.handBundle(id, minimalSpec("true"))
+		s := &handShim{te: te, id: id, bundle: dir, log: logBuf}
+		t.Cleanup(s.cleanup)
+		cmd := te.shimCommand(dir, te.bootstrapParams(id), te.startFlags(id)...)
+		cmd.Env = append(cmd.Env, "SHIM_IDLE_EXIT="+idle.String())
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("start %s: %v", id, err)
+		}
+		var res bootapi.BootstrapResult
+		if err := proto.Unmarshal(out, &res); err != nil {
+			t.Fatalf("start %s printed %q: %v", id, out, err)
+		}
+		s.address = res.Address
+		var pid int
+		for _, p := range te.h.shimProcesses() {
+			if p.NS == te.ns && p.ID == id && p.Action == "" {
+				pid = p.PID
+			}
+		}
+		if pid == 0 {
+			t.Fatalf("no server for %s", id)
+		}
+		if asked {
+			s.dial()
+			s.connect() // a request: the idle time starts again from it
+		}
+		// Bounded well above the idle time; a hang guard, not a timing.
+		if err := testkit.WaitPidExit(pid, idle+30*time.Second); err != nil {
+			t.Fatalf("server %s (pid %d) holding no container still runs after %v idle: %v", id, pid, idle, err)
+		}
+		if !socketGone(res.Address) {
+			t.Errorf("server %s exited but left its socket %s", id, res.Address)
+		}
+		if !strings.Contains(logBuf.String(), "shim exiting") {
+			t.Errorf("server %s did not log why it exited:\n%s", id, logBuf.String())
+		}
+	}
 }

@@ -33,13 +33,14 @@ type ExecConfig struct {
 // Exec is a process added to a container with `runc exec`.
 type Exec struct {
 	base
-	init Container
-	spec *specs.Process
+	init  Container
+	spec  *specs.Process
+	pidfd int // signals go through it (pidfd.go); -1 for none; guarded by mu
 }
 
 // NewExec returns an exec process in state Created.
 func NewExec(c ExecConfig) *Exec {
-	return &Exec{base: newBase(c.ID, c.Stdio), init: c.Container, spec: c.Spec}
+	return &Exec{base: newBase(c.ID, c.Stdio), init: c.Container, spec: c.Spec, pidfd: -1}
 }
 
 // Start opens stdio and runs `runc exec --detach`, returning the new pid.
@@ -69,22 +70,28 @@ func (e *Exec) Start(ctx context.Context) (int, error) {
 		io.Close()
 		return 0, fmt.Errorf("read exec pid: %w", err)
 	}
+	pidfd := openPidfd(pid)
 	if err := io.Attach(ctx); err != nil {
 		// Nobody could read or feed its terminal: do not leave it running.
-		unix.Kill(pid, unix.SIGKILL)
+		signal(pidfd, pid, unix.SIGKILL)
+		if pidfd >= 0 {
+			unix.Close(pidfd)
+		}
 		io.Close()
 		return 0, fmt.Errorf("exec %s terminal: %w", e.id, err)
 	}
 	e.mu.Lock()
 	e.pid = pid
+	e.pidfd = pidfd
 	e.io = io
 	e.status = Running
 	e.mu.Unlock()
 	return pid, nil
 }
 
-// Kill signals the exec process. Its pid cannot be reused before the shim
-// reaps it, and the shim marks it Stopped right after reaping it.
+// Kill signals the exec process, through its pidfd where the kernel has
+// them: then a signal never reaches a process that got its pid after the
+// reaper reaped it and before it was marked reaped.
 func (e *Exec) Kill(ctx context.Context, sig int) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -94,7 +101,7 @@ func (e *Exec) Kill(ctx context.Context, sig int) error {
 	case e.status == Stopped || e.status == Deleted || e.reaped:
 		return ErrExited
 	}
-	if err := unix.Kill(e.pid, unix.Signal(sig)); err != nil {
+	if err := signal(e.pidfd, e.pid, unix.Signal(sig)); err != nil {
 		if errors.Is(err, unix.ESRCH) {
 			return ErrExited
 		}
@@ -103,12 +110,18 @@ func (e *Exec) Kill(ctx context.Context, sig int) error {
 	return nil
 }
 
-// Delete releases the exec's stdio. A running exec is refused.
+// Delete releases the exec's stdio and pidfd. A running exec is refused.
 func (e *Exec) Delete(context.Context) error {
 	io, err := e.markDeleted()
 	if err != nil {
 		return err
 	}
+	e.mu.Lock()
+	if e.pidfd >= 0 {
+		unix.Close(e.pidfd)
+		e.pidfd = -1
+	}
+	e.mu.Unlock()
 	if io != nil {
 		io.Close()
 	}

@@ -99,6 +99,7 @@ func runServer(f flags, ready *os.File) error {
 		Events:    events,
 		OOM:       watcher,
 		Shutdown:  func() { once.Do(func() { close(stop) }) },
+		IdleExit:  idleExit(ctx),
 	})
 	reaper := runc.NewReaper(svc.HandleExits)
 	gorunc.Monitor = reaper
@@ -106,7 +107,7 @@ func runServer(f flags, ready *os.File) error {
 	defer stopReaping()
 	go reaper.Run(reapCtx)
 
-	server, err := newTTRPCServer()
+	server, err := newTTRPCServer(ttrpc.WithUnaryServerInterceptor(svc.Interceptor))
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("create ttrpc server: %w", err)
@@ -114,6 +115,7 @@ func runServer(f flags, ready *os.File) error {
 	svc.Register(server)
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(ctx, l) }()
+	svc.StartIdleExit()
 
 	if ready != nil {
 		fmt.Fprintln(ready, readyOK)
@@ -161,8 +163,29 @@ func runServer(f flags, ready *os.File) error {
 
 // newTTRPCServer serves only peers with the shim's own uid (containerd's),
 // as the stock shim does.
-func newTTRPCServer() (*ttrpc.Server, error) {
-	return ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
+func newTTRPCServer(opts ...ttrpc.ServerOpt) (*ttrpc.Server, error) {
+	return ttrpc.NewServer(append([]ttrpc.ServerOpt{ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser())}, opts...)...)
+}
+
+// idleExitEnv overrides defaultIdleExit: a Go duration, "0" for never.
+const (
+	idleExitEnv     = "SHIM_IDLE_EXIT"
+	defaultIdleExit = 2 * time.Minute
+)
+
+// idleExit is how long a server holding no container waits for a request
+// before it exits (task/idle.go).
+func idleExit(ctx context.Context) time.Duration {
+	v := os.Getenv(idleExitEnv)
+	if v == "" {
+		return defaultIdleExit
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		log.G(ctx).WithField(idleExitEnv, v).Warnf("not a duration: idle exit after %v", defaultIdleExit)
+		return defaultIdleExit
+	}
+	return d
 }
 
 // setupLogging sends the log to the bundle's "log" fifo, which containerd

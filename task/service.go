@@ -102,6 +102,9 @@ type Config struct {
 	// Shutdown stops the shim's server; called once, after the reply to
 	// the Shutdown call that ends the shim has been written.
 	Shutdown func()
+	// IdleExit is how long a server holding no container waits for a
+	// request before it exits (idle.go); 0 never exits that way.
+	IdleExit time.Duration
 }
 
 // Service implements containerd's task v3 API.
@@ -120,6 +123,9 @@ type Service struct {
 	pending    []runc.Exit           // unknown exits seen while starting > 0
 	closing    bool
 
+	idleMu sync.Mutex
+	idle   idleState
+
 	factory factory
 }
 
@@ -133,6 +139,7 @@ func New(ctx context.Context, c Config) *Service {
 		events:     c.Events,
 		oom:        c.OOM,
 		shutdown:   c.Shutdown,
+		idle:       idleState{after: c.IdleExit},
 		containers: make(map[string]*container),
 		running:    make(map[int]running),
 		factory:    runcFactory,

@@ -1,0 +1,98 @@
+package task
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/ttrpc"
+)
+
+// idleHarness is a service whose idle timer never fires by itself (an
+// hour): the tests call idleCheck, as the timer would, after making the
+// last request old.
+func idleHarness(t *testing.T) *harness {
+	h := newHarness(t, nil)
+	h.svc.idle.after = time.Hour
+	h.svc.StartIdleExit()
+	t.Cleanup(func() { h.svc.idle.timer.Stop() })
+	return h
+}
+
+func (h *harness) ageLastRequest() {
+	h.svc.idleMu.Lock()
+	h.svc.idle.last = time.Now().Add(-2 * h.svc.idle.after)
+	h.svc.idleMu.Unlock()
+}
+
+func (h *harness) shutDown() bool {
+	select {
+	case <-h.stopped:
+		return true
+	case <-time.After(5 * time.Second): // only when it does not: a hang guard
+		return false
+	}
+}
+
+func (h *harness) stillUp() bool {
+	select {
+	case <-h.stopped:
+		return false
+	default:
+		return true
+	}
+}
+
+// A server that holds no container and had no request for the idle time
+// exits; a Create after that is Unavailable.
+func TestIdleExitWithoutContainers(t *testing.T) {
+	h := idleHarness(t)
+	h.ageLastRequest()
+	h.svc.idleCheck()
+	if !h.shutDown() {
+		t.Fatal("an idle server without containers did not shut down")
+	}
+	_, err := h.svc.Create(context.Background(), &taskapi.CreateTaskRequest{ID: "late", Bundle: h.bundle()})
+	if !errdefs.IsUnavailable(errgrpc.ToNative(err)) {
+		t.Fatalf("Create after the idle exit: %v, want Unavailable", err)
+	}
+}
+
+// One that holds a container never exits when idle.
+func TestNoIdleExitWithContainers(t *testing.T) {
+	h := idleHarness(t)
+	h.create("c1")
+	h.ageLastRequest()
+	h.svc.idleCheck()
+	if !h.stillUp() {
+		t.Fatal("a server holding a container exited when idle")
+	}
+}
+
+// A recent request, or one in flight, keeps the server up.
+func TestNoIdleExitWhileRequested(t *testing.T) {
+	h := idleHarness(t)
+	h.svc.idleCheck() // the last request: just now
+	if !h.stillUp() {
+		t.Fatal("exited although the last request was just now")
+	}
+	h.ageLastRequest()
+	method := func(ctx context.Context, _ func(interface{}) error) (interface{}, error) {
+		h.svc.idleCheck() // the timer firing while this request runs
+		return nil, nil
+	}
+	if _, err := h.svc.Interceptor(context.Background(), func(interface{}) error { return nil },
+		&ttrpc.UnaryServerInfo{FullMethod: "/x/State"}, method); err != nil {
+		t.Fatal(err)
+	}
+	if !h.stillUp() {
+		t.Fatal("exited while a request was in flight")
+	}
+	h.svc.idleCheck() // the request just ended
+	if !h.stillUp() {
+		t.Fatal("exited right after a request")
+	}
+}
