@@ -220,3 +220,39 @@ func TestDeleteEndsExecsFirst(t *testing.T) {
 	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit", "/tasks/exit", "/tasks/delete")
 	h.wantExits("c1", "e")
 }
+
+// Deleting a container tears its execs' stdio down (draining copies,
+// stopping logging binaries: up to seconds) without the service's lock:
+// the shim's other containers are answered meanwhile.
+func TestDeleteExecsWithoutTheLock(t *testing.T) {
+	h := newHarness(t, nil)
+	h.startInit("other")
+	init := h.startInit("c1")
+	e := h.exec("c1", "e1")
+	if err := h.startExec("c1", "e1"); err != nil {
+		t.Fatal(err)
+	}
+	h.svc.HandleExits([]runc.Exit{exit(e.Pid(), 0), exit(init.Pid(), 0)})
+	h.flush()
+	answered := make(chan error, 1)
+	e.onDelete = func() {
+		go func() {
+			_, err := h.svc.State(context.Background(), &taskapi.StateRequest{ID: "other"})
+			answered <- err
+		}()
+		select {
+		case err := <-answered:
+			if err != nil {
+				t.Errorf("State of another container during the exec's teardown: %v", err)
+			}
+		case <-time.After(5 * time.Second): // a hang guard
+			t.Error("State of another container waited on an exec's teardown")
+		}
+	}
+	if _, err := h.svc.Delete(context.Background(), &taskapi.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.State(); st.Status != process.Deleted {
+		t.Fatalf("exec %v after its container's Delete, want deleted", st.Status)
+	}
+}

@@ -28,6 +28,7 @@ type fakeProc struct {
 	startErr error  // what Start fails with (exec)
 	starting bool   // a Start is under way (process.base's claim)
 	onKill   func() // runs inside Kill
+	onDelete func() // runs inside an exec's Delete
 
 	drained chan struct{} // a terminal's output copy; nil for none
 	reaped  bool
@@ -228,4 +229,9 @@ func (f *fakeExec) Kill(ctx context.Context, sig int) error {
 	f.killed()
 	return nil
 }
-func (f *fakeExec) Delete(ctx context.Context) error { return f.del() }
+func (f *fakeExec) Delete(ctx context.Context) error {
+	if f.onDelete != nil {
+		f.onDelete()
+	}
+	return f.del()
+}

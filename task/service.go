@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"sync"
 	"time"
@@ -143,6 +144,15 @@ func New(ctx context.Context, c Config) *Service {
 		containers: make(map[string]*container),
 		running:    make(map[int]running),
 		factory:    runcFactory,
+	}
+}
+
+// deleteExecs deletes the execs of a container being deleted.
+func deleteExecs(ctx context.Context, execs map[string]execProcess) {
+	for id, e := range execs {
+		if err := e.Delete(ctx); err != nil {
+			log.G(ctx).WithError(err).WithField("exec_id", id).Warn("delete exec with its container")
+		}
 	}
 }
 
@@ -355,12 +365,18 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (_ *task
 		}
 		return nil, err
 	}
+	// The execs' stdio is torn down (copies drained, logging binaries
+	// stopped) without the service's lock, which every other request of
+	// the shim needs; one added meanwhile never started and has none.
 	s.mu.Lock()
-	for id, e := range c.execs {
-		if err := e.Delete(ctx); err != nil {
-			log.G(ctx).WithError(err).WithField("exec_id", id).Warn("delete exec with its container")
-		}
+	execs := maps.Clone(c.execs)
+	s.mu.Unlock()
+	deleteExecs(ctx, execs)
+	s.mu.Lock()
+	for id := range execs {
+		delete(c.execs, id)
 	}
+	deleteExecs(ctx, c.execs)
 	delete(s.containers, r.ID)
 	s.unwatchLocked(c, false)
 	st = c.init.State()
