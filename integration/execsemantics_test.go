@@ -317,3 +317,149 @@ func stdinReattachRound(t *testing.T, te *testEnv, id string, tty bool) {
 		t.Fatalf("%s: delete: %v", id, err)
 	}
 }
+
+// TestConcurrentCalls: Start, Kill, Delete, Exec, Pause, Resume and Update
+// of one container (created, or running) from 50 goroutines at once,
+// through containerd. No call
+// hangs or fails with an undefined code (Unknown, Internal), the init is
+// started at most once (one TaskStart), every exec that started has a pid
+// of its own, and the namespace is left clean.
+func TestConcurrentCalls(t *testing.T) {
+	for _, started := range []bool{false, true} {
+		t.Run(map[bool]string{false: "created", true: "running"}[started], func(t *testing.T) {
+			concurrentCalls(t, started)
+		})
+	}
+}
+
+func concurrentCalls(t *testing.T, started bool) {
+	te := newTestEnv(t)
+	rec := te.recordEvents()
+	c := te.container("busy", "sleep", "1000")
+	task := te.newTask(c, cio.NullIO)
+	if started {
+		if err := task.Start(te.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ops := []string{"start", "exec", "exec", "exec", "exec", "kill", "pause", "resume", "update", "delete"}
+	pidsLimit := int64(100)
+	var (
+		mu       sync.Mutex
+		starts   int
+		execPids = map[uint32]string{}
+		bad      []string
+		outcomes = map[string]int{}
+		wg       sync.WaitGroup
+	)
+	gate := make(chan struct{})
+	for i := range 50 {
+		op := ops[i%len(ops)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-gate
+			// A task object of its own: the client's is not safe for
+			// concurrent use.
+			task, err := c.Task(te.ctx, nil)
+			if err != nil {
+				if !errdefs.IsNotFound(err) {
+					mu.Lock()
+					bad = append(bad, fmt.Sprintf("load the task (goroutine %d): %v", i, err))
+					mu.Unlock()
+				}
+				return
+			}
+			switch op {
+			case "start":
+				if err = task.Start(te.ctx); err == nil {
+					mu.Lock()
+					starts++
+					mu.Unlock()
+				}
+			case "exec":
+				id := fmt.Sprintf("e%d", i)
+				var p client.Process
+				if p, err = task.Exec(te.ctx, id, te.processSpec(c, "sleep", "1000"), cio.NullIO); err == nil {
+					if err = p.Start(te.ctx); err == nil {
+						mu.Lock()
+						execPids[p.Pid()] = id
+						mu.Unlock()
+					}
+				}
+			case "kill":
+				// SIGWINCH, which sleep ignores, so that the other calls
+				// meet a live container (the cleanup's SIGKILL ends it).
+				err = task.Kill(te.ctx, unix.SIGWINCH)
+			case "pause":
+				err = task.Pause(te.ctx)
+			case "resume":
+				err = task.Resume(te.ctx)
+			case "update":
+				err = task.Update(te.ctx, client.WithResources(&specs.LinuxResources{Pids: &specs.LinuxPids{Limit: &pidsLimit}}))
+			case "delete":
+				_, err = task.Delete(te.ctx)
+			}
+			if err != nil {
+				mu.Lock()
+				outcomes[op+": "+firstLine(err)]++
+				mu.Unlock()
+			}
+			if err != nil && !errorIs(err, errdefs.IsNotFound, errdefs.IsFailedPrecondition, errdefs.IsInvalidArgument,
+				errdefs.IsAlreadyExists, errdefs.IsUnavailable, errdefs.IsNotImplemented, errdefs.IsConflict) {
+				mu.Lock()
+				bad = append(bad, fmt.Sprintf("%s (goroutine %d): %v", op, i, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	close(gate)
+	wg.Wait()
+	for _, b := range bad {
+		t.Errorf("undefined error: %s", b)
+	}
+	if starts > 1 {
+		t.Errorf("the init was started %d times", starts)
+	}
+	// Kill and delete whatever is left, then count the starts containerd saw.
+	ctx, cancel := te.cleanupCtx()
+	defer cancel()
+	if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		t.Fatalf("delete the task: %v", err)
+	}
+	events, err := rec.mark(te.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	initStarts := 0
+	execStarts := map[uint32]bool{}
+	for _, e := range events {
+		switch ev := e.Event.(type) {
+		case *eventstypes.TaskStart:
+			initStarts++
+		case *eventstypes.TaskExecStarted:
+			if execStarts[ev.Pid] {
+				t.Errorf("two execs started with pid %d", ev.Pid)
+			}
+			execStarts[ev.Pid] = true
+		}
+	}
+	if started {
+		starts++ // the one before the storm
+	}
+	if initStarts != starts {
+		t.Errorf("%d TaskStart events for %d successful Starts", initStarts, starts)
+	}
+	if len(execStarts) != len(execPids) {
+		t.Errorf("%d TaskExecStarted events for %d started execs", len(execStarts), len(execPids))
+	}
+	t.Logf("%d init start, %d execs started; %d events; refusals: %v", starts, len(execPids), len(events), outcomes)
+	if problems := te.h.leaksIn(te.ns); len(problems) > 0 {
+		t.Errorf("left behind: %s", strings.Join(problems, "; "))
+	}
+}
+
+func firstLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}

@@ -20,6 +20,9 @@ type Container interface {
 	Bundle() string
 	Runtime() *gorunc.Runc
 	Config() runc.Config
+	// HoldUnfrozen keeps the container from being paused while an exec
+	// starts; a paused one is refused.
+	HoldUnfrozen() (release func(), err error)
 }
 
 // ExecConfig describes an extra process in a running container.
@@ -61,7 +64,14 @@ func (e *Exec) Start(ctx context.Context) (int, error) {
 	if socket := io.ConsoleSocket(); socket != nil {
 		opts.ConsoleSocket = socket
 	}
-	if err := e.init.Runtime().Exec(ctx, e.init.ID(), *e.spec, opts); err != nil {
+	release, err := e.init.HoldUnfrozen()
+	if err != nil {
+		io.Close()
+		return 0, err
+	}
+	err = e.init.Runtime().Exec(ctx, e.init.ID(), *e.spec, opts)
+	release()
+	if err != nil {
 		io.Close()
 		return 0, runc.WrapError("exec", bundle, err)
 	}

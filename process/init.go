@@ -34,7 +34,10 @@ type Init struct {
 	config  runc.Config
 	runtime *gorunc.Runc
 	cgroup  *runc.Cgroup // set by Create
-	freeze  sync.Mutex   // one Pause or Resume at a time
+	// freeze: one Pause or Resume at a time, none while an exec is being
+	// started (they hold it shared: runc refuses an exec into a frozen
+	// container).
+	freeze sync.RWMutex
 }
 
 // NewInit returns an init process in state Created; Create makes it real.
@@ -143,6 +146,12 @@ func (p *Init) Start(ctx context.Context) error {
 	}
 	defer p.endStart()
 	if err := p.runtime.Start(ctx, p.id); err != nil {
+		// Killed while created (a Kill racing this Start): runc finds it
+		// stopped. That is a stopped container's Start: FailedPrecondition,
+		// not runc's failure.
+		if st, serr := p.runtime.State(context.WithoutCancel(ctx), p.id); serr == nil && st.Status == "stopped" {
+			return fmt.Errorf("the container stopped before it was started: %w", &TransitionError{From: Stopped, To: Running})
+		}
 		return runc.WrapError("start", p.bundle, err)
 	}
 	p.mu.Lock()
@@ -208,8 +217,10 @@ func (p *Init) setFrozen(ctx context.Context, frozen bool) error {
 	if frozen {
 		from, to, op, run = Running, Paused, "pause", p.runtime.Pause
 	}
-	if err := transition(p.Status(), to); err != nil {
-		return err
+	// Only from exactly from: a created container is neither paused nor
+	// running (runc would pause its init before it started, or fail).
+	if st := p.Status(); st != from {
+		return &TransitionError{From: st, To: to}
 	}
 	if err := run(ctx, p.id); err != nil {
 		if p.gone(ctx) {
@@ -223,6 +234,17 @@ func (p *Init) setFrozen(ctx context.Context, frozen bool) error {
 	}
 	p.mu.Unlock()
 	return nil
+}
+
+// HoldUnfrozen keeps the container from being paused until release is
+// called, for an exec's `runc exec`; a paused container is refused.
+func (p *Init) HoldUnfrozen() (release func(), err error) {
+	p.freeze.RLock()
+	if st := p.Status(); st == Paused {
+		p.freeze.RUnlock()
+		return nil, fmt.Errorf("exec in a paused container: %w", &TransitionError{From: st, To: Running})
+	}
+	return p.freeze.RUnlock, nil
 }
 
 // Update sets the container's cgroup resources with `runc update` while it

@@ -85,8 +85,10 @@ func (b *base) claimStart() error {
 	if b.starting {
 		return &TransitionError{From: Running, To: Running}
 	}
-	if err := transition(b.status, Running); err != nil {
-		return err
+	// Only a created process starts: a paused one may move to Running,
+	// but by Resume.
+	if b.status != Created {
+		return &TransitionError{From: b.status, To: Running}
 	}
 	b.starting = true
 	return nil

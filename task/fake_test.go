@@ -160,6 +160,7 @@ func (f *fakeInit) Bundle() string                   { return f.bundle }
 func (f *fakeInit) Cgroup() *runc.Cgroup             { return nil }
 func (f *fakeInit) Runtime() *gorunc.Runc            { return nil }
 func (f *fakeInit) Config() runc.Config              { return runc.Config{} }
+func (f *fakeInit) HoldUnfrozen() (func(), error)    { return func() {}, nil }
 func (f *fakeInit) Create(ctx context.Context) error { return nil }
 func (f *fakeInit) Start(ctx context.Context) error  { return f.start() }
 func (f *fakeInit) Kill(ctx context.Context, sig int, all bool) error {
