@@ -18,7 +18,7 @@ export SHIM_BINARY := $(SHIM)
 export TOOLS_BIN
 export TEST_IMAGE_TAR := $(IMAGE_TAR)
 
-.PHONY: all build install tools image test unit integration critest test-cgroup2 critest-cgroup2 test-systemd fuzz stress bench demo clean
+.PHONY: all build install tools image test unit integration integration-race critest test-cgroup2 critest-cgroup2 test-systemd fuzz stress bench demo clean
 
 all: build
 
@@ -42,7 +42,7 @@ image: tools
 # containerd on this machine (cgroup v1 memory), critest here, then the
 # integration suite and critest in a VM on a cgroup v2 kernel, and the
 # integration suite again in a VM booting systemd (systemd cgroup driver).
-test: unit integration critest test-cgroup2 critest-cgroup2 test-systemd
+test: unit integration integration-race critest test-cgroup2 critest-cgroup2 test-systemd
 
 # unit: the modules of go.work are tidy and agree on shared versions
 # (scripts/check-modules.sh), then vet and the unit tests of each; the
@@ -56,6 +56,15 @@ unit:
 
 integration: build image
 	cd integration && REQUIRE_INTEGRATION=1 go test -count=1 -timeout 40m -v ./... 2>&1 | tee $(ROOT)/.tools/integration.log; exit $${PIPESTATUS[0]}
+
+# The concurrency tests again with the shim built with -race: a data race
+# the shim reports lands in containerd's log, and the suite fails on it.
+RACE_SHIM  := $(BIN)/containerd-shim-runc-v2.race
+RACE_TESTS := ^(TestConcurrentCalls|TestConcurrentExecStarts|TestConcurrentStartActions|TestExec|TestInitDiesWhileExecStarts|TestSharedPIDNamespace|TestStdinReattachCloseIO|TestPauseResume|TestTerminal|TestOOM|TestKill|TestStateTransitions|TestIdleServerExits)$$
+
+integration-race: build image
+	CGO_ENABLED=1 go build -race -tags $(GO_TAGS) -o $(RACE_SHIM) ./cmd/containerd-shim-runc-v2
+	cd integration && SHIM_BINARY=$(RACE_SHIM) REQUIRE_INTEGRATION=1 go test -count=1 -timeout 20m -run '$(RACE_TESTS)' -v . 2>&1 | tee $(ROOT)/.tools/integration-race.log; exit $${PIPESTATUS[0]}
 
 # cri-tools v1.37.0's critest against a private containerd with CRI, CNI and
 # NRI, our shim as runc's, inside a network and an IPC namespace of its own,

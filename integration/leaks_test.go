@@ -122,6 +122,11 @@ func (h *harness) teardown() []string {
 		h.LogPath = h.keptLog
 	}
 	problems := h.leaksGlobal()
+	if n := h.countInLog("WARNING: DATA RACE"); n > 0 {
+		// A shim built with -race (make integration-race) writes its
+		// reports to stderr, which is its log, which containerd copies.
+		problems = append(problems, fmt.Sprintf("the shim reported %d data race(s): see the containerd log", n))
+	}
 	seen := map[string]bool{}
 	for _, p := range problems {
 		seen[p] = true
@@ -177,4 +182,13 @@ func TestNoLeaks(t *testing.T) {
 	if left := dirEntries(te.h.FifoDir); len(left) > 0 {
 		t.Errorf("fifo dir not empty after all tasks were deleted: %v", left)
 	}
+}
+
+// countInLog counts the lines of containerd's log that contain s.
+func (h *harness) countInLog(s string) int {
+	data, err := os.ReadFile(h.LogPath)
+	if err != nil {
+		return 0
+	}
+	return bytes.Count(data, []byte(s))
 }

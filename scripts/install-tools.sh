@@ -28,7 +28,8 @@ CONTAINERD_MOD="github.com/containerd/containerd/v2"
 CONTAINERD_VERSION="v2.4.2"
 RUNC_MOD="github.com/opencontainers/runc"
 RUNC_VERSION="v1.5.3"
-DEBIAN_PACKAGES=(busybox-static)
+# gcc: runc is cgo (its nsenter is C), and so is the shim built with -race.
+DEBIAN_PACKAGES=(busybox-static gcc libc6-dev)
 
 log() { printf '[install-tools] %s\n' "$*" >&2; }
 
