@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"oomshim/testkit"
+
 	"context"
 	"fmt"
 	"io"
@@ -152,5 +154,47 @@ func waitNoProcess(ctx context.Context, cmdline string) error {
 			return fmt.Errorf("pid %s still runs: %w", found, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// TestFullRuncRoot: runc's state root (the runtime option Root) on a full
+// filesystem. Create fails with runc's "no space left on device", and
+// nothing is left: no runc state, mount, shim or bundle.
+func TestFullRuncRoot(t *testing.T) {
+	te := newTestEnv(t)
+	root := t.TempDir()
+	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=64k"); err != nil {
+		t.Fatalf("mount a small tmpfs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(root, unix.MNT_DETACH); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	fill, err := os.Create(filepath.Join(root, "fill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := fill.Write(make([]byte, 4096)); err != nil {
+			break // ENOSPC
+		}
+	}
+	fill.Close()
+	c := te.containerWith("full", []client.NewContainerOpts{te.runtime(&options.Options{Root: root})}, oci.WithProcessArgs("true"))
+	task, err := c.NewTask(te.ctx, cio.NullIO)
+	if err == nil {
+		te.destroyTask(task)
+		t.Fatal("a task was created with runc's state root full")
+	}
+	if !strings.Contains(err.Error(), "no space left on device") {
+		t.Errorf("create with a full runc root: %v; want runc's no space left on device", err)
+	}
+	t.Logf("create: %v", err)
+	if problems := te.h.leaksIn(te.ns); len(problems) > 0 {
+		t.Errorf("left behind: %s", strings.Join(problems, "; "))
+	}
+	if ids, err := testkit.RuncContainers(te.h.s.runc(), filepath.Join(root, te.ns)); err != nil || len(ids) > 0 {
+		t.Errorf("runc still knows %v in the full root (%v)", ids, err)
 	}
 }
