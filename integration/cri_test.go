@@ -383,3 +383,75 @@ func TestCRIExecSyncUpdateStats(t *testing.T) {
 	}
 	pod.remove(t, te)
 }
+
+// TestCRIOOMAcrossContainerdCrash: containerd SIGKILLed while 10
+// containers are being OOM-killed (they wait for a trigger file, made
+// once containerd is dead), then restarted: the shims' TaskOOM and
+// TaskExit reach the new containerd, and CRI reports every container
+// EXITED with reason OOMKilled.
+func TestCRIOOMAcrossContainerdCrash(t *testing.T) {
+	const n = 10
+	mem := requireOOM(t)
+	te := newTestEnv(t)
+	e := startCRI(t, te)
+	trigger := t.TempDir()
+	resources := &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: oomLimit}
+	if mem.swapLimit {
+		resources.MemorySwapLimitInBytes = oomLimit
+	}
+	pod := e.runPod(t, te, "crash-pod")
+	var ids []string
+	for i := range n {
+		name := fmt.Sprintf("hog%d", i)
+		ids = append(ids, pod.startContainer(t, te, &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: name},
+			Image:    &runtimeapi.ImageSpec{Image: te.h.imageRef},
+			Command:  []string{"sh", "-c", "while [ ! -e /trigger/go ]; do sleep 0.05; done; " + oomHogShell},
+			Mounts:   []*runtimeapi.Mount{{HostPath: trigger, ContainerPath: "/trigger"}},
+			Linux:    &runtimeapi.LinuxContainerConfig{Resources: resources},
+			LogPath:  name + ".log",
+		}))
+	}
+	// The containers' pids, to see them die while containerd is down.
+	ctx := namespaces.WithNamespace(te.ctx, criNamespace)
+	var pids []int
+	for _, id := range ids {
+		c, err := e.Client.LoadContainer(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, err := c.Task(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, int(task.Pid()))
+	}
+	e.Stop(0) // SIGKILL
+	if err := os.WriteFile(filepath.Join(trigger, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i, pid := range pids {
+		if err := testkit.WaitPidExit(pid, time.Minute); err != nil {
+			t.Fatalf("container %s (pid %d) was not OOM-killed while containerd was down: %v", ids[i], pid, err)
+		}
+	}
+	if err := e.Restart(te.ctx, 0); err != nil {
+		t.Fatalf("restart containerd: %v", err)
+	}
+	codes := map[int32]int{}
+	for i, id := range ids {
+		st, err := e.waitExited(te.ctx, id)
+		if err != nil {
+			t.Fatalf("container %d: %v", i, err)
+		}
+		// The exit code is CRI's: its recovery after the crash marks a
+		// container whose task it finds stopped 255 (unknown), with
+		// either shim (containerd v2.4.2); the reason is the TaskOOM's.
+		if st.Reason != "OOMKilled" {
+			t.Errorf("container %d: reason %q, exit code %d; want OOMKilled", i, st.Reason, st.ExitCode)
+		}
+		codes[st.ExitCode]++
+	}
+	t.Logf("exit codes CRI reports after the crash: %v", codes)
+	pod.remove(t, te)
+}

@@ -274,7 +274,8 @@ func (c *Containerd) Exited() <-chan struct{} { return c.exited }
 func (c *Containerd) PID() int { return c.cmd.Process.Pid }
 
 // Stop closes the client and stops containerd: SIGTERM, then SIGKILL after
-// grace. It reports whether containerd had to be killed.
+// grace; a grace of 0 is SIGKILL at once (containerd crashing). It
+// reports whether containerd had to be killed.
 func (c *Containerd) Stop(grace time.Duration) (killed bool) {
 	if c.Client != nil {
 		c.Client.Close()
@@ -283,7 +284,9 @@ func (c *Containerd) Stop(grace time.Duration) (killed bool) {
 	if c.cmd == nil {
 		return false
 	}
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	if grace > 0 {
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	}
 	select {
 	case <-c.exited:
 	case <-time.After(grace):
