@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/containerd/api/types"
 	gorunc "github.com/containerd/go-runc"
@@ -149,7 +150,7 @@ func (p *Init) Start(ctx context.Context) error {
 		// Killed while created (a Kill racing this Start): runc finds it
 		// stopped. That is a stopped container's Start: FailedPrecondition,
 		// not runc's failure.
-		if st, serr := p.runtime.State(context.WithoutCancel(ctx), p.id); serr == nil && st.Status == "stopped" {
+		if st, serr := p.state(ctx); serr == nil && st.Status == "stopped" {
 			return fmt.Errorf("the container stopped before it was started: %w", &TransitionError{From: Stopped, To: Running})
 		}
 		return runc.WrapError("start", p.bundle, err)
@@ -196,8 +197,20 @@ func (p *Init) gone(ctx context.Context) bool {
 	if s := p.Status(); s == Stopped || s == Deleted {
 		return true
 	}
-	st, err := p.runtime.State(ctx, p.id)
+	st, err := p.state(ctx)
 	return err != nil || st.Status == "stopped"
+}
+
+// stateTimeout bounds `runc state` when the request's own context may
+// have ended (the runc call before it was killed by its deadline).
+const stateTimeout = 10 * time.Second
+
+// state runs `runc state` on a context of its own: a request whose
+// deadline killed runc must not read "no state" as "no container".
+func (p *Init) state(ctx context.Context) (*gorunc.Container, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stateTimeout)
+	defer cancel()
+	return p.runtime.State(ctx, p.id)
 }
 
 // Pause freezes the running container with `runc pause`.
@@ -281,7 +294,12 @@ func (p *Init) Delete(ctx context.Context) error {
 	}
 	var errs []error
 	if err := p.runtime.Delete(ctx, p.id, &gorunc.DeleteOpts{Force: status == Created}); err != nil {
-		if _, serr := p.runtime.State(ctx, p.id); serr != nil {
+		if ctx.Err() != nil {
+			// The caller's deadline killed runc: the container is still
+			// there, for a later Delete (or the delete action) to remove.
+			return runc.WrapError("delete", p.bundle, fmt.Errorf("%w: %w", err, ctx.Err()))
+		}
+		if _, serr := p.state(ctx); serr != nil {
 			// already gone from runc; nothing left to delete there
 			log.G(ctx).WithError(err).WithField("container_id", p.id).Debug("runc delete of a missing container")
 		} else if ferr := p.runtime.Delete(ctx, p.id, &gorunc.DeleteOpts{Force: true}); ferr != nil {
