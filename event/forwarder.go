@@ -11,6 +11,8 @@ import (
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // namespaceHeader is the ttrpc metadata key containerd reads the namespace
@@ -48,9 +50,27 @@ func (f *TTRPCForwarder) Forward(ctx context.Context, env *types.Envelope) error
 	_, err = eventsapi.NewTTRPCEventsClient(c).Forward(ctx, &eventsapi.ForwardRequest{Envelope: env})
 	if err != nil {
 		f.drop(c)
+		if !rejected(err) {
+			err = fmt.Errorf("%w: %w", err, ErrUnreachable)
+		}
 		return fmt.Errorf("forward %s: %w", env.Topic, err)
 	}
 	return nil
+}
+
+// rejected tells containerd's answer refusing an event from a transport
+// failure (a closed connection, a timeout: containerd gone, restarting or
+// stuck), after which it is worth trying again.
+func rejected(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Unknown:
+		return false
+	}
+	return true
 }
 
 func (f *TTRPCForwarder) connect() (*ttrpc.Client, error) {
@@ -64,7 +84,7 @@ func (f *TTRPCForwarder) connect() (*ttrpc.Client, error) {
 	}
 	conn, err := net.DialTimeout("unix", f.address, forwardTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("dial containerd at %s: %w", f.address, err)
+		return nil, fmt.Errorf("dial containerd at %s: %w: %w", f.address, err, ErrUnreachable)
 	}
 	f.client = ttrpc.NewClient(conn)
 	return f.client, nil

@@ -30,6 +30,14 @@ var ErrClosed = errors.New("event: sequencer is shut down")
 // not taking events right now. They stay queued and are retried.
 var ErrStalled = errors.New("event: forwarding is failing; events stay queued")
 
+// ErrUnreachable marks a Forward that failed because containerd could not
+// be reached or did not answer (down, restarting, stuck), not because it
+// refused the event. Such an event is retried, at the longest backoff
+// delay, until it is delivered or the shim shuts down: a containerd that
+// comes back gets every event, in order, however long it was away. Only
+// refusals count against Backoff.Attempts.
+var ErrUnreachable = errors.New("event: containerd unreachable")
+
 // Forwarder delivers one envelope to containerd.
 type Forwarder interface {
 	Forward(ctx context.Context, env *types.Envelope) error
@@ -46,9 +54,11 @@ type Backoff struct {
 	Max      time.Duration // cap on any single delay
 }
 
-// DefaultBackoff makes 12 attempts per event, 14.1 s apart in all (20 ms
-// doubling, at most 3 s): long enough to ride out a containerd restart,
-// which loads its shims and its CRI state before it serves events again.
+// DefaultBackoff makes 12 attempts per event that containerd refuses, 14.1
+// s apart in all (20 ms doubling, at most 3 s); an unreachable containerd
+// is waited for without limit (ErrUnreachable), tried every 3 s at most,
+// as a restarting containerd loads its shims and its CRI state before it
+// serves events again.
 var DefaultBackoff = Backoff{Attempts: 12, Initial: 20 * time.Millisecond, Max: 3 * time.Second}
 
 type item struct {
@@ -190,17 +200,27 @@ func (s *Sequencer) deliver(it item) {
 	ctx := context.Background()
 	delay := s.backoff.Initial
 	var err error
-	for attempt := 1; ; attempt++ {
+	for attempt, tries := 1, 1; ; tries++ {
 		if err = s.fwd.Forward(ctx, it.env); err == nil {
 			s.setFailing(false)
+			if tries > 1 {
+				log.G(ctx).WithFields(log.Fields{"topic": it.env.Topic, "tries": tries}).Info("event forwarded after retries")
+			}
 			return
 		}
 		s.setFailing(true)
-		if attempt >= s.backoff.Attempts {
-			break
+		unreachable := errors.Is(err, ErrUnreachable)
+		if !unreachable {
+			if attempt >= s.backoff.Attempts {
+				break
+			}
+			attempt++
 		}
-		log.G(ctx).WithError(err).WithFields(log.Fields{"topic": it.env.Topic, "attempt": attempt}).
-			Warn("forward event failed; retrying in place")
+		// One line for the first failures, then one every 20 tries.
+		if tries <= 3 || tries%20 == 0 {
+			log.G(ctx).WithError(err).WithFields(log.Fields{"topic": it.env.Topic, "tries": tries, "unreachable": unreachable}).
+				Warn("forward event failed; retrying in place")
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:

@@ -3,6 +3,7 @@ package event
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"testing"
@@ -18,12 +19,14 @@ type recorder struct {
 	mu       sync.Mutex
 	topics   []string
 	attempts map[string]int
-	failures map[string]int
-	gate     chan struct{} // if set, each Forward waits for a receive
+	failures map[string]int // refusals to answer before forwarding
+	// unreachable: failures as of a containerd that is not there
+	unreachable map[string]int
+	gate        chan struct{} // if set, each Forward waits for a receive
 }
 
 func newRecorder() *recorder {
-	return &recorder{attempts: map[string]int{}, failures: map[string]int{}}
+	return &recorder{attempts: map[string]int{}, failures: map[string]int{}, unreachable: map[string]int{}}
 }
 
 func (r *recorder) Forward(ctx context.Context, env *types.Envelope) error {
@@ -35,7 +38,11 @@ func (r *recorder) Forward(ctx context.Context, env *types.Envelope) error {
 	r.attempts[env.Topic]++
 	if r.failures[env.Topic] > 0 {
 		r.failures[env.Topic]--
-		return errors.New("containerd unavailable")
+		return errors.New("containerd refused the event")
+	}
+	if r.unreachable[env.Topic] > 0 {
+		r.unreachable[env.Topic]--
+		return fmt.Errorf("dial containerd: connection refused: %w", ErrUnreachable)
 	}
 	r.topics = append(r.topics, env.Topic)
 	return nil
@@ -250,4 +257,22 @@ func TestNoGoroutineLeak(t *testing.T) {
 		runtime.Gosched()
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// An unreachable containerd is waited for beyond the attempts a refusal
+// gets: the event and those behind it arrive, in order, once it answers.
+func TestUnreachableRetriedWithoutLimit(t *testing.T) {
+	r := newRecorder()
+	r.unreachable["/tasks/oom"] = 10 * fast.Attempts
+	s := New("ns", r, fast)
+	publish(t, s, "/tasks/oom")
+	last := publish(t, s, "/tasks/exit")
+	<-last
+	if got := r.got(); !equal(got, []string{"/tasks/oom", "/tasks/exit"}) {
+		t.Fatalf("forwarded %v", got)
+	}
+	if n := r.attempts["/tasks/oom"]; n != 10*fast.Attempts+1 {
+		t.Fatalf("%d attempts for the event", n)
+	}
+	shutdown(t, s)
 }

@@ -148,6 +148,27 @@ func (e *criEnv) waitExited(ctx context.Context, id string) (*runtimeapi.Contain
 	}
 }
 
+// waitReason waits until the container has exited with reason, or for a
+// minute (a hang guard: the shims' events reach a restarted containerd
+// within seconds), and returns its last status.
+func (e *criEnv) waitReason(ctx context.Context, id, reason string) (*runtimeapi.ContainerStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	st, err := e.waitExited(ctx, id)
+	for err == nil && st.Reason != reason {
+		select {
+		case <-ctx.Done():
+			return st, nil
+		case <-time.After(50 * time.Millisecond):
+		}
+		var r *runtimeapi.ContainerStatusResponse
+		if r, err = e.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id}); err == nil {
+			st = r.Status
+		}
+	}
+	return st, err
+}
+
 // criPod is a host-network pod sandbox.
 type criPod struct {
 	e       *criEnv
@@ -440,7 +461,7 @@ func TestCRIOOMAcrossContainerdCrash(t *testing.T) {
 	}
 	codes := map[int32]int{}
 	for i, id := range ids {
-		st, err := e.waitExited(te.ctx, id)
+		st, err := e.waitReason(te.ctx, id, "OOMKilled")
 		if err != nil {
 			t.Fatalf("container %d: %v", i, err)
 		}
