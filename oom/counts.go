@@ -47,8 +47,12 @@ func parseKeyed(data []byte, key string) (uint64, error) {
 	return 0, nil
 }
 
-// parseUint parses a decimal counter without allocating.
+// parseUint parses a decimal counter without allocating. Leading zeros
+// do not count against the 20 digits of a uint64 (found by fuzzing).
 func parseUint(b []byte) (uint64, error) {
+	for len(b) > 1 && b[0] == '0' {
+		b = b[1:]
+	}
 	if len(b) == 0 || len(b) > 20 {
 		return 0, strconv.ErrSyntax
 	}
