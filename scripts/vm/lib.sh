@@ -39,3 +39,12 @@ resolve_kernel() {
 	fi
 	export VM_KERNEL VM_KERNEL_RELEASE
 }
+
+# section TITLE FILE LINES: the last LINES lines of FILE, if it has any,
+# under a title, on stderr.
+section() {
+	local title="$1" file="$2" lines="$3"
+	[[ -s "$file" ]] || return 0
+	printf '\n----- %s (last %d lines of %s) -----\n' "$title" "$lines" "$file" >&2
+	tail -n "$lines" "$file" | tr -d '\r' >&2
+}

@@ -56,14 +56,6 @@ verdict() {
 	exit 1
 }
 
-# section TITLE FILE LINES: print the last LINES lines of FILE under a header.
-section() {
-	local title="$1" file="$2" lines="$3"
-	[[ -s "$file" ]] || return 0
-	printf '\n----- %s (last %d lines of %s) -----\n' "$title" "$lines" "$file" >&2
-	tail -n "$lines" "$file" | tr -d '\r' >&2
-}
-
 # sq VALUE: VALUE quoted for a POSIX shell.
 sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 

@@ -38,12 +38,6 @@ SHARE="$RUN/share"
 INITRD="/boot/initrd.img-$VM_KERNEL_RELEASE"
 
 log() { printf '[systemd-lane] %s\n' "$*" >&2; }
-section() { # section TITLE FILE LINES
-	[[ -s "$2" ]] || return 0
-	printf '\n----- %s (last %d lines of %s) -----\n' "$1" "$3" "$2" >&2
-	tail -n "$3" "$2" >&2
-	printf -- '----- end of %s -----\n' "$1" >&2
-}
 
 [[ $(id -u) -eq 0 ]] || { log "needs root"; exit 1; }
 [[ -x "$SHIM_BINARY" ]] || { log "no shim at $SHIM_BINARY: run make build"; exit 1; }
