@@ -18,7 +18,7 @@ export SHIM_BINARY := $(SHIM)
 export TOOLS_BIN
 export TEST_IMAGE_TAR := $(IMAGE_TAR)
 
-.PHONY: all build install tools image test unit integration integration-race critest test-cgroup2 critest-cgroup2 test-systemd fuzz stress bench demo clean
+.PHONY: all build install tools image test unit integration integration-race critest test-cgroup2 critest-cgroup2 test-systemd fuzz stress bench soak demo clean
 
 all: build
 
@@ -150,6 +150,21 @@ bench: build image
 	$(BENCH_BIN) -shim $(SHIM) -ref $(TOOLS_BIN)/ref/containerd-shim-runc-v2 \
 		-tools $(TOOLS_BIN) -image $(IMAGE_TAR) -out $(BENCH_OUT) \
 		-command 'make bench $(BENCH_FLAGS)' $(BENCH_FLAGS)
+
+# make soak: 10 pods per shim binary (ours, then the reference), each a
+# sandbox and a workload container in one shim, x 2,000 exec probes and 100
+# workload restarts; prints one `soak:` line per binary (RSS, goroutine, fd
+# and inotify watch growth) and writes its section of bench/RESULTS.md.
+# About half an hour; never part of `make test`.
+#   make soak SOAK_FLAGS=-quick                 a smoke test of the soak
+#   make soak SOAK_FLAGS='-soak-ref=false'      our shim only
+SOAK_FLAGS ?=
+
+soak: build image
+	cd bench && CGO_ENABLED=0 go build -o $(BENCH_BIN) .
+	$(BENCH_BIN) -soak -shim $(SHIM) -ref $(TOOLS_BIN)/ref/containerd-shim-runc-v2 \
+		-tools $(TOOLS_BIN) -image $(IMAGE_TAR) -out $(BENCH_OUT) \
+		-command 'make soak $(SOAK_FLAGS)' $(SOAK_FLAGS)
 
 demo: build
 	./scripts/demo.sh

@@ -47,6 +47,9 @@ type config struct {
 	parallel     int // containers per parallel-start round
 	parallelRuns int // rounds per shim
 	ooms         int // OOM runs per shim
+
+	soakMode bool // run the soak instead of the benchmarks
+	soak     soakCfg
 }
 
 func parseFlags(args []string) (config, error) {
@@ -70,12 +73,22 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.parallel, "parallel", 50, "containers started concurrently per round")
 	fs.IntVar(&c.parallelRuns, "parallel-rounds", 6, "parallel-start rounds per shim")
 	fs.IntVar(&c.ooms, "ooms", 40, "OOM runs per shim")
+	fs.BoolVar(&c.soakMode, "soak", false, "run the soak (exec probes and container restarts in pod shims) instead of the benchmarks")
+	fs.IntVar(&c.soak.pods, "soak-pods", 10, "soak: pods (shims) per shim binary")
+	fs.IntVar(&c.soak.execs, "soak-execs", 2000, "soak: measured execs per pod")
+	fs.IntVar(&c.soak.restarts, "soak-restarts", 100, "soak: measured workload container restarts per pod")
+	fs.IntVar(&c.soak.warmup, "soak-warmup", 300, "soak: execs per pod before the first reading (the heap grows to its working size over the first hundred or so)")
+	fs.BoolVar(&c.soak.ref, "soak-ref", true, "soak: the reference shim's pods too, after ours")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if *quick {
 		c.warmups, c.roundTrips, c.execs, c.idle, c.parallel, c.parallelRuns, c.ooms = 1, 3, 3, 3, 5, 1, 2
 		c.idleWindow = 2 * time.Second
+		c.soak.pods, c.soak.execs, c.soak.restarts, c.soak.warmup = 2, 20, 2, 5
+	}
+	if c.soak.pods < 1 || c.soak.execs < 1 || c.soak.restarts < 0 || c.soak.warmup < 1 {
+		return c, errors.New("soak: -soak-pods, -soak-execs and -soak-warmup must be at least 1, -soak-restarts at least 0")
 	}
 	c.command = strings.TrimSpace(c.command)
 	if c.command == "" {
@@ -130,6 +143,9 @@ func run(args []string) int {
 		e.hold(ctx)
 		return 0
 	}
+	if cfg.soakMode {
+		return runSoak(ctx, e, cfg)
+	}
 	res, err := e.runAll(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -142,11 +158,46 @@ func run(args []string) int {
 	md := res.markdown(cfg)
 	fmt.Print(md)
 	if cfg.out != "" {
+		// The soak's section, if the file has one, stays.
+		if old, err := os.ReadFile(cfg.out); err == nil {
+			if sec := soakSection(string(old)); sec != "" {
+				md = withSection(md, sec)
+			}
+		}
 		if err := os.WriteFile(cfg.out, []byte(md), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			return 1
 		}
 		fmt.Fprintf(os.Stderr, "bench: wrote %s\n", cfg.out)
+	}
+	return 0
+}
+
+// runSoak runs the soak, prints its lines and section and, with -out,
+// puts the section in that file in place of the previous soak's.
+func runSoak(ctx context.Context, e *env, cfg config) int {
+	rs, err := e.soak(ctx)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: soak:", err)
+		e.printLogTail(40)
+		return 1
+	}
+	sec := soakMarkdown(cfg, rs)
+	fmt.Print(sec)
+	for _, r := range rs {
+		fmt.Println(r.line())
+	}
+	if cfg.out != "" {
+		old, err := os.ReadFile(cfg.out)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		if err := os.WriteFile(cfg.out, []byte(withSection(string(old), sec)), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		fmt.Fprintf(os.Stderr, "bench: wrote the soak section of %s\n", cfg.out)
 	}
 	return 0
 }

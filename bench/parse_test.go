@@ -54,3 +54,38 @@ func TestQuantile(t *testing.T) {
 		t.Fatal("median of nothing should be NaN")
 	}
 }
+
+func TestSoakSection(t *testing.T) {
+	sec := soakBegin + "\nsoak figures\n" + soakEnd + "\n"
+	doc := withSection("# Results\n\ntable\n", sec)
+	if want := "# Results\n\ntable\n\n" + sec; doc != want {
+		t.Fatalf("appended: %q, want %q", doc, want)
+	}
+	if got := soakSection(doc); got != sec {
+		t.Fatalf("soakSection: %q, want %q", got, sec)
+	}
+	sec2 := soakBegin + "\nnew figures\n" + soakEnd + "\n"
+	if got, want := withSection(doc, sec2), "# Results\n\ntable\n\n"+sec2; got != want {
+		t.Fatalf("replaced: %q, want %q", got, want)
+	}
+	if got := withSection(doc, ""); got != "# Results\n\ntable\n" {
+		t.Fatalf("dropped: %q", got)
+	}
+	if got := soakSection("no section"); got != "" {
+		t.Fatalf("soakSection of a doc without one: %q", got)
+	}
+}
+
+func TestGoroutineDumpCount(t *testing.T) {
+	for _, line := range []string{
+		`time="x" level=info msg="=== goroutine stack dump ===\ngoroutine 1 [running]:\nmain.main()\n\ngoroutine 7 [select, 2 minutes]:\n\ngoroutine 12 gp=0xc000 m=nil mp=0x0 [chan receive]:\n=== end of dump ==="`,
+		`time="x" level=info msg="=== BEGIN goroutine stack dump ===\ngoroutine 1 [running]:\n\ngoroutine 7 [select]:\n\ngoroutine 9 [IO wait]:\n=== END goroutine stack dump ===" runtime=io.containerd.runc.v2`,
+	} {
+		if !dumpStart.MatchString(line) {
+			t.Fatalf("no dump start in %q", line)
+		}
+		if n := len(goroutineHead.FindAllStringIndex(line, -1)); n != 3 {
+			t.Fatalf("%d goroutines in %q, want 3", n, line)
+		}
+	}
+}

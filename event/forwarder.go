@@ -19,8 +19,18 @@ import (
 // from.
 const namespaceHeader = "containerd-namespace-ttrpc"
 
-// forwardTimeout bounds one Forward call.
-const forwardTimeout = 5 * time.Second
+const (
+	// dialTimeout bounds connecting to containerd.
+	dialTimeout = 5 * time.Second
+	// answerTimeout bounds the wait for containerd's answer to one
+	// forward on a live connection. containerd that is alive but stuck
+	// (stopped, swapping, starting up) answers when it comes back, and a
+	// forward sent again on a new connection would reach it twice; a
+	// containerd that died closes the connection, which ends the wait at
+	// once. So the wait is long, and only a request lost by a containerd
+	// that still runs costs this much delay.
+	answerTimeout = 2 * time.Minute
+)
 
 // TTRPCForwarder forwards envelopes to containerd's ttrpc events service.
 // It dials lazily and redials after any failure, so a containerd restart
@@ -45,7 +55,7 @@ func (f *TTRPCForwarder) Forward(ctx context.Context, env *types.Envelope) error
 		return err
 	}
 	ctx = ttrpc.WithMetadata(ctx, ttrpc.MD{namespaceHeader: []string{env.Namespace}})
-	ctx, cancel := context.WithTimeout(ctx, forwardTimeout)
+	ctx, cancel := context.WithTimeout(ctx, answerTimeout)
 	defer cancel()
 	_, err = eventsapi.NewTTRPCEventsClient(c).Forward(ctx, &eventsapi.ForwardRequest{Envelope: env})
 	if err != nil {
@@ -82,7 +92,7 @@ func (f *TTRPCForwarder) connect() (*ttrpc.Client, error) {
 	if f.address == "" {
 		return nil, fmt.Errorf("event: no containerd ttrpc address")
 	}
-	conn, err := net.DialTimeout("unix", f.address, forwardTimeout)
+	conn, err := net.DialTimeout("unix", f.address, dialTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("dial containerd at %s: %w: %w", f.address, err, ErrUnreachable)
 	}

@@ -52,6 +52,10 @@ type Backoff struct {
 	Attempts int           // total forward attempts per event, at least 1
 	Initial  time.Duration // delay before the second attempt
 	Max      time.Duration // cap on any single delay
+	// Stall is how long one forward may go unanswered before forwarding
+	// counts as failing (Flush returns ErrStalled) while the forward goes
+	// on waiting; 0 counts only failed forwards.
+	Stall time.Duration
 }
 
 // DefaultBackoff makes 12 attempts per event that containerd refuses, 14.1
@@ -59,7 +63,7 @@ type Backoff struct {
 // is waited for without limit (ErrUnreachable), tried every 3 s at most,
 // as a restarting containerd loads its shims and its CRI state before it
 // serves events again.
-var DefaultBackoff = Backoff{Attempts: 12, Initial: 20 * time.Millisecond, Max: 3 * time.Second}
+var DefaultBackoff = Backoff{Attempts: 12, Initial: 20 * time.Millisecond, Max: 3 * time.Second, Stall: 2 * time.Second}
 
 type item struct {
 	env  *types.Envelope
@@ -82,6 +86,10 @@ type Sequencer struct {
 	wake    chan struct{} // cap 1: queue became non-empty or closed
 	stopped chan struct{} // closed when the loop has returned
 	abort   chan struct{} // closed when Shutdown gives up waiting
+	// fwdCtx is every Forward's context, cancelled with abort so that a
+	// forward waiting on a stuck containerd gives up too.
+	fwdCtx    context.Context
+	cancelFwd context.CancelFunc
 }
 
 // New starts a sequencer that stamps events with namespace and hands them to
@@ -100,6 +108,7 @@ func New(namespace string, fwd Forwarder, backoff Backoff) *Sequencer {
 		abort:     make(chan struct{}),
 		failing:   make(chan struct{}),
 	}
+	s.fwdCtx, s.cancelFwd = context.WithCancel(context.Background())
 	go s.loop()
 	return s
 }
@@ -161,6 +170,7 @@ func (s *Sequencer) pop() {
 
 func (s *Sequencer) loop() {
 	defer close(s.stopped)
+	defer s.cancelFwd()
 	defer s.release()
 	for {
 		it, ok, closed := s.next()
@@ -201,7 +211,7 @@ func (s *Sequencer) deliver(it item) {
 	delay := s.backoff.Initial
 	var err error
 	for attempt, tries := 1, 1; ; tries++ {
-		if err = s.fwd.Forward(ctx, it.env); err == nil {
+		if err = s.forward(it); err == nil {
 			s.setFailing(false)
 			if tries > 1 {
 				log.G(ctx).WithFields(log.Fields{"topic": it.env.Topic, "tries": tries}).Info("event forwarded after retries")
@@ -235,6 +245,34 @@ func (s *Sequencer) deliver(it item) {
 	}
 	log.G(ctx).WithError(err).WithFields(log.Fields{"topic": it.env.Topic, "attempts": s.backoff.Attempts}).
 		Error("forward event failed; retries exhausted, event dropped")
+}
+
+// forward makes one attempt. A forward containerd leaves unanswered for
+// backoff.Stall marks forwarding as failing, for Flush, and goes on
+// waiting: the request is in containerd's hands, and sending it again
+// would deliver the event twice once containerd catches up.
+func (s *Sequencer) forward(it item) error {
+	if s.backoff.Stall <= 0 {
+		return s.fwd.Forward(s.fwdCtx, it.env)
+	}
+	var (
+		mu       sync.Mutex
+		answered bool
+	)
+	stall := time.AfterFunc(s.backoff.Stall, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !answered {
+			s.setFailing(true)
+			log.L.WithField("topic", it.env.Topic).Warn("containerd has not answered an event forward; still waiting")
+		}
+	})
+	err := s.fwd.Forward(s.fwdCtx, it.env)
+	mu.Lock()
+	answered = true
+	mu.Unlock()
+	stall.Stop()
+	return err
 }
 
 // setFailing records whether forwarding fails, for Flush.
@@ -274,6 +312,7 @@ func (s *Sequencer) Shutdown(ctx context.Context) error {
 	case <-s.abort:
 	default:
 		close(s.abort)
+		s.cancelFwd()
 	}
 	<-s.stopped
 	log.G(ctx).WithField("events", lost).Error("shutdown timed out before the event queue drained")

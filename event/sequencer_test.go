@@ -276,3 +276,64 @@ func TestUnreachableRetriedWithoutLimit(t *testing.T) {
 	}
 	shutdown(t, s)
 }
+
+// A forward containerd leaves unanswered (alive but stuck) is waited for,
+// not sent again: each event reaches containerd once. Meanwhile Flush
+// reports the stall, and Shutdown's abort ends the wait.
+func TestStalledForwardNotResent(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		calls = map[string]int{}
+	)
+	answer := make(chan struct{})
+	s := New("ns", forwardFunc(func(ctx context.Context, env *types.Envelope) error {
+		mu.Lock()
+		calls[env.Topic]++
+		mu.Unlock()
+		select {
+		case <-answer:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}), Backoff{Attempts: 3, Initial: time.Millisecond, Max: time.Millisecond, Stall: 20 * time.Millisecond})
+	first := publish(t, s, "/tasks/exit")
+	publish(t, s, "/tasks/delete")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		err := s.Flush(ctx)
+		if errors.Is(err, ErrStalled) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("flush while containerd does not answer: %v, want ErrStalled", err)
+		}
+	}
+	close(answer)
+	<-first
+	shutdown(t, s)
+	mu.Lock()
+	defer mu.Unlock()
+	if calls["/tasks/exit"] != 1 || calls["/tasks/delete"] != 1 {
+		t.Fatalf("forwards per event: %v, want one each", calls)
+	}
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatalf("flush once containerd answered: %v", err)
+	}
+}
+
+// Shutdown that gives up cancels a forward still waiting for containerd.
+func TestShutdownAbortsWaitingForward(t *testing.T) {
+	s := New("ns", forwardFunc(func(ctx context.Context, env *types.Envelope) error {
+		<-ctx.Done()
+		return fmt.Errorf("%w: %w", ctx.Err(), ErrUnreachable)
+	}), Backoff{Attempts: 3, Initial: time.Millisecond, Max: time.Millisecond, Stall: time.Millisecond})
+	tk := publish(t, s, "/tasks/exit")
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := s.Shutdown(ctx); err == nil {
+		t.Fatal("shutdown with containerd never answering returned nil")
+	}
+	<-tk
+}

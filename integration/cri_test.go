@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -475,4 +477,94 @@ func TestCRIOOMAcrossContainerdCrash(t *testing.T) {
 	}
 	t.Logf("exit codes CRI reports after the crash: %v", codes)
 	pod.remove(t, te)
+}
+
+// TestCRIShimKilledDuringOOMStorm: a pod's shim SIGKILLed while its 10
+// containers are being OOM-killed. CRI shows every container as exited,
+// containerd's cleanup after the dead shim (its `delete` action) leaves no
+// runc state, mount or process of them, and the pod can be removed.
+func TestCRIShimKilledDuringOOMStorm(t *testing.T) {
+	const n = 10
+	mem := requireOOM(t)
+	te := newTestEnv(t)
+	e := startCRI(t, te)
+	trigger := t.TempDir()
+	resources := &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: oomLimit}
+	if mem.swapLimit {
+		resources.MemorySwapLimitInBytes = oomLimit
+	}
+	pod := e.runPod(t, te, "storm-pod")
+	var ids []string
+	for i := range n {
+		name := fmt.Sprintf("hog%d", i)
+		ids = append(ids, pod.startContainer(t, te, &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: name},
+			Image:    &runtimeapi.ImageSpec{Image: te.h.imageRef},
+			Command:  []string{"sh", "-c", "while [ ! -e /trigger/go ]; do sleep 0.05; done; " + oomHogShell},
+			Mounts:   []*runtimeapi.Mount{{HostPath: trigger, ContainerPath: "/trigger"}},
+			Linux:    &runtimeapi.LinuxContainerConfig{Resources: resources},
+			LogPath:  name + ".log",
+		}))
+	}
+	ctx := namespaces.WithNamespace(te.ctx, criNamespace)
+	var pids []int
+	for _, id := range ids {
+		c, err := e.Client.LoadContainer(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, err := c.Task(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, int(task.Pid()))
+	}
+	var shim testkit.ShimProcess
+	for _, p := range testkit.ShimProcesses(e.Address, te.h.shimPath) {
+		if p.ID == pod.id && p.Action == "" {
+			shim = p
+		}
+	}
+	if shim.PID == 0 {
+		t.Fatal("no shim server for the pod")
+	}
+	if err := os.WriteFile(filepath.Join(trigger, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The storm has begun once the first container died.
+	if err := testkit.WaitPidExit(pids[0], time.Minute); err != nil {
+		t.Fatalf("container %s was not OOM-killed: %v", ids[0], err)
+	}
+	if err := unix.Kill(shim.PID, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	reasons := map[string]int{}
+	for i, id := range ids {
+		wctx, cancel := context.WithTimeout(te.ctx, time.Minute)
+		st, err := e.waitExited(wctx, id)
+		cancel()
+		if err != nil {
+			t.Fatalf("container %d after the shim was killed: %v", i, err)
+		}
+		reasons[fmt.Sprintf("%s/%d", st.Reason, st.ExitCode)]++
+	}
+	t.Logf("CRI after the shim was killed (reason/exit code: containers): %v", reasons)
+	for i, pid := range pids {
+		if err := testkit.WaitPidExit(pid, time.Minute); err != nil {
+			t.Errorf("container %s (pid %d) still runs: %v", ids[i], pid, err)
+		}
+	}
+	pod.remove(t, te)
+	runcIDs, err := testkit.RuncContainers(te.h.s.runc(), filepath.Join(testkit.RuncRoot, criNamespace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range append([]string{pod.id}, ids...) {
+		if slices.Contains(runcIDs, id) {
+			t.Errorf("runc still knows %s", id)
+		}
+	}
+	for _, m := range testkit.MountsUnder(filepath.Join(e.State, "io.containerd.runtime.v2.task", criNamespace)) {
+		t.Errorf("leaked mount %s", m)
+	}
 }

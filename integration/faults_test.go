@@ -4,19 +4,25 @@ import (
 	"oomshim/testkit"
 
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -196,5 +202,205 @@ func TestFullRuncRoot(t *testing.T) {
 	}
 	if ids, err := testkit.RuncContainers(te.h.s.runc(), filepath.Join(root, te.ns)); err != nil || len(ids) > 0 {
 		t.Errorf("runc still knows %v in the full root (%v)", ids, err)
+	}
+}
+
+// heldCreate starts creating the task of a new container id whose
+// createRuntime hook holds `runc create` (the init exists, its cgroup and
+// runc's state too, nothing is started) until release is called. It
+// returns once runc is in the hook; created gets NewTask's result.
+func (te *testEnv) heldCreate(id string, sopts ...oci.SpecOpts) (c client.Container, created <-chan error, release func()) {
+	te.t.Helper()
+	dir := te.t.TempDir()
+	inHook, releaseFile := filepath.Join(dir, "in-hook"), filepath.Join(dir, "release")
+	hook := oci.SpecOpts(func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+		if s.Hooks == nil {
+			s.Hooks = &specs.Hooks{}
+		}
+		s.Hooks.CreateRuntime = append(s.Hooks.CreateRuntime, specs.Hook{
+			Path: "/bin/sh",
+			Args: []string{"sh", "-c", fmt.Sprintf("touch %q; while [ ! -e %q ]; do sleep 0.02; done", inHook, releaseFile)},
+		})
+		return nil
+	})
+	c = te.containerWith(id, nil, append([]oci.SpecOpts{oci.WithProcessArgs("sleep", "1000"), hook}, sopts...)...)
+	release = func() {
+		if err := os.WriteFile(releaseFile, nil, 0o644); err != nil {
+			te.t.Errorf("release the hook: %v", err)
+		}
+	}
+	te.t.Cleanup(release) // the hook exits even if the test failed early
+	done := make(chan error, 1)
+	go func() {
+		task, err := c.NewTask(te.ctx, cio.NullIO)
+		if err == nil {
+			te.destroyTask(task)
+			err = fmt.Errorf("the task was created")
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		te.t.Fatalf("create %s returned before its hook ran: %v", id, err)
+	default:
+	}
+	waitFor(te.t, inHook)
+	return c, done, release
+}
+
+// runcCreateOf finds the `runc create` process of container id.
+func runcCreateOf(id string) (int, error) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+		if len(args) > 2 && filepath.Base(args[0]) == "runc" && slices.Contains(args, "create") && args[len(args)-1] == id {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no runc create of %s", id)
+}
+
+// TestRuncKilledMidCreate: `runc create` SIGKILLed while it runs the
+// container's createRuntime hook (the init process, its cgroup and runc's
+// state exist, the container is not yet created). Create fails with a
+// clear error and nothing is left: no runc state, cgroup, mount, bundle
+// or shim; the runc init it left behind is gone too.
+func TestRuncKilledMidCreate(t *testing.T) {
+	te := newTestEnv(t)
+	_, created, release := te.heldCreate("victim")
+	pid, err := runcCreateOf("victim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	err = <-created
+	t.Logf("create: %v", err)
+	if !strings.Contains(err.Error(), "signal: killed") && !strings.Contains(err.Error(), "runc") {
+		t.Errorf("create with runc killed: %v; want runc's failure named", err)
+	}
+	if err := waitNoProcess(te.ctx, "runc\x00init"); err != nil {
+		t.Errorf("runc init left behind: %v", err)
+	}
+	if problems := te.h.leaksIn(te.ns); len(problems) > 0 {
+		t.Errorf("left behind: %s", strings.Join(problems, "; "))
+	}
+}
+
+// TestShimKilledDuringCreate: the shim SIGKILLed while `runc create` of its
+// container is running (in the createRuntime hook). Create fails;
+// containerd's cleanup (the shim binary's `delete` action) leaves no runc
+// state, cgroup, mount, bundle, socket or process of the container.
+func TestShimKilledDuringCreate(t *testing.T) {
+	te := newTestEnv(t)
+	_, created, release := te.heldCreate("orphan")
+	var shim testkit.ShimProcess
+	for _, p := range testkit.ShimProcesses(te.h.Address, te.h.shimPath) {
+		if p.NS == te.ns && p.Action == "" {
+			shim = p
+		}
+	}
+	if shim.PID == 0 {
+		t.Fatal("no shim server for the container")
+	}
+	socket := shimSocket(t, te.h.State, te.ns, "orphan")
+	if err := unix.Kill(shim.PID, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err := <-created
+	release()
+	t.Logf("create: %v", err)
+	if err := testkit.WaitPidExit(shim.PID, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitNoProcess(te.ctx, "runc\x00init"); err != nil {
+		t.Errorf("runc init left behind: %v", err)
+	}
+	if err := waitNoProcess(te.ctx, "\x00create\x00"); err != nil {
+		t.Errorf("runc create left behind: %v", err)
+	}
+	if problems := te.h.leaksIn(te.ns); len(problems) > 0 {
+		t.Errorf("left behind: %s", strings.Join(problems, "; "))
+	}
+	if _, err := os.Stat(socket); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the shim's socket %s is left (%v)", socket, err)
+	}
+}
+
+// shimSocket reads the socket path of container id's shim from the
+// bundle's bootstrap.json.
+func shimSocket(t *testing.T, state, ns, id string) string {
+	t.Helper()
+	path := filepath.Join(state, "io.containerd.runtime.v2.task", ns, id, "bootstrap.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var boot struct {
+		Address string `json:"address"`
+	}
+	if err := json.Unmarshal(data, &boot); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return strings.TrimPrefix(boot.Address, "unix://")
+}
+
+// TestFullBundle: the bundle's filesystem fills up while `runc create`
+// runs (a runc wrapper fills it first; the bundles of the test's namespace
+// are on a small tmpfs of their own). Create fails with an error that
+// names the full filesystem, and nothing is left: no runc state, cgroup,
+// rootfs mount, bundle or shim.
+func TestFullBundle(t *testing.T) {
+	te := newTestEnv(t)
+	nsDir := filepath.Join(te.h.State, "io.containerd.runtime.v2.task", te.ns)
+	if err := os.MkdirAll(nsDir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", nsDir, "tmpfs", 0, "size=1m,mode=0711"); err != nil {
+		t.Fatalf("mount a small tmpfs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(nsDir, unix.MNT_DETACH); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	wrapper := filepath.Join(t.TempDir(), "runc-fill")
+	script := fmt.Sprintf(`#!/bin/sh
+b=; prev=; create=0
+for a in "$@"; do [ "$prev" = --bundle ] && b=$a; [ "$a" = create ] && create=1; prev=$a; done
+if [ $create = 1 ] && [ -n "$b" ]; then dd if=/dev/zero of="$b/fill" bs=4k 2>/dev/null; fi
+exec %s "$@"
+`, te.h.s.runc())
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := te.containerWith("full", []client.NewContainerOpts{te.runtime(&options.Options{BinaryName: wrapper})}, oci.WithProcessArgs("true"))
+	task, err := c.NewTask(te.ctx, cio.NullIO)
+	if err == nil {
+		te.destroyTask(task)
+		t.Fatal("a task was created with its bundle's filesystem full")
+	}
+	t.Logf("create: %v", err)
+	if !strings.Contains(err.Error(), "no space left on device") {
+		t.Errorf("create with a full bundle: %v; want no space left on device named", err)
+	}
+	var problems []string
+	for _, p := range te.h.leaksIn(te.ns) {
+		if p != "leaked mount "+nsDir { // the test's own tmpfs
+			problems = append(problems, p)
+		}
+	}
+	if len(problems) > 0 {
+		t.Errorf("left behind: %s", strings.Join(problems, "; "))
 	}
 }

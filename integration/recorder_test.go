@@ -22,7 +22,8 @@ const markerTopic = "/oomshim-test/marker"
 // recordedEvent is one event of the test's namespace, decoded.
 type recordedEvent struct {
 	Topic string
-	Event any // e.g. *eventstypes.TaskExit
+	Event any       // e.g. *eventstypes.TaskExit
+	At    time.Time // the envelope's timestamp, set by the publisher
 }
 
 func (e recordedEvent) String() string {
@@ -106,7 +107,7 @@ func (r *recorder) loop(ch <-chan *events.Envelope, errs <-chan error) {
 			if err != nil {
 				ev = fmt.Sprintf("undecodable %s: %v", env.Event.GetTypeUrl(), err)
 			}
-			r.add(recordedEvent{Topic: env.Topic, Event: ev})
+			r.add(recordedEvent{Topic: env.Topic, Event: ev, At: env.Timestamp})
 		case err := <-errs:
 			if err == nil {
 				err = fmt.Errorf("subscription ended")

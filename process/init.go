@@ -132,10 +132,15 @@ func (p *Init) Cgroup() *runc.Cgroup {
 	return p.cgroup
 }
 
-// forceDelete removes the runc container whatever its state; used to undo.
+// forceDelete removes the runc container whatever its state, and the
+// cgroup of a create that did not finish, which runc cannot (it has no
+// state for it); used to undo a create.
 func (p *Init) forceDelete(ctx context.Context) {
 	if err := p.runtime.Delete(context.WithoutCancel(ctx), p.id, &gorunc.DeleteOpts{Force: true}); err != nil {
 		log.G(ctx).WithError(err).WithField("container_id", p.id).Debug("runc delete --force")
+	}
+	if err := runc.RemoveLeftoverCgroup(p.bundle, p.id, p.config.SystemdCgroup); err != nil {
+		log.G(ctx).WithError(err).WithField("container_id", p.id).Warn("remove the cgroup of the failed create")
 	}
 }
 

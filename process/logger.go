@@ -149,4 +149,6 @@ func (l *logger) Close() {
 	// The exit is already reaped; this only releases the command's
 	// resources (its error, ECHILD or "already called", is expected).
 	_ = l.cmd.Wait()
+	// and closes the pidfd the failed Wait leaves open.
+	_ = l.cmd.Process.Release()
 }

@@ -1,6 +1,7 @@
 package runc
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,7 +10,6 @@ import (
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
-	stats1 "github.com/containerd/cgroups/v3/cgroup1/stats"
 	"github.com/containerd/cgroups/v3/cgroup2"
 	stats2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/typeurl/v2"
@@ -97,21 +97,6 @@ func (c *Cgroup) Stats() (*anypb.Any, error) {
 	return typeurl.MarshalAnyToProto(m)
 }
 
-// FinalStats is what Stats answers after the cgroup has gone: the memory
-// events as the OOM watcher last read them. CRI cross-checks oom_kill on
-// an exit 137, and with the systemd driver the scope can vanish before
-// anyone asked.
-func (c *Cgroup) FinalStats(oomKill, max uint64) (*anypb.Any, error) {
-	if c.unified {
-		return typeurl.MarshalAnyToProto(&stats2.Metrics{
-			MemoryEvents: &stats2.MemoryEvents{OomKill: oomKill, Oom: oomKill, Max: max},
-		})
-	}
-	return typeurl.MarshalAnyToProto(&stats1.Metrics{
-		MemoryOomControl: &stats1.MemoryOomControl{OomKill: oomKill},
-	})
-}
-
 // gone reports whether the memory cgroup's directory no longer exists.
 func (c *Cgroup) gone() bool {
 	_, err := os.Stat(c.memory)
@@ -120,4 +105,67 @@ func (c *Cgroup) gone() bool {
 
 func isNotExist(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV)
+}
+
+// RemoveLeftoverCgroup removes the cgroupfs cgroup that a `runc create` of
+// container id which did not finish (runc killed, or its shim) can leave:
+// runc has no state for such a container, so `runc delete` cannot. Only
+// the cgroup named in the bundle's spec is considered, only when its last
+// element is the container's id (as containerd and kubelet name them),
+// and it is removed only while it and its children hold no process. With
+// the systemd driver there is nothing to do: systemd removes the
+// container's scope once its last process is gone.
+func RemoveLeftoverCgroup(bundle, id string, systemd bool) error {
+	if systemd {
+		return nil
+	}
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return err
+	}
+	var spec struct {
+		Linux *struct {
+			CgroupsPath string `json:"cgroupsPath"`
+		} `json:"linux"`
+	}
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return fmt.Errorf("read the bundle's spec: %w", err)
+	}
+	if spec.Linux == nil {
+		return nil
+	}
+	path := filepath.Clean(spec.Linux.CgroupsPath)
+	if !filepath.IsAbs(path) || filepath.Base(path) != id {
+		return nil
+	}
+	var errs []error
+	if cgroups.Mode() == cgroups.Unified {
+		errs = append(errs, removeV2(path, cgroupRoot))
+	} else {
+		cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+		switch {
+		case errors.Is(err, cgroup1.ErrCgroupDeleted):
+		case err != nil:
+			errs = append(errs, err)
+		default:
+			errs = append(errs, cg.Delete())
+		}
+		if cgroups.Mode() == cgroups.Hybrid {
+			errs = append(errs, removeV2(path, filepath.Join(cgroupRoot, "unified")))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeV2 removes the cgroup v2 group path under mountpoint if it exists
+// and holds no process.
+func removeV2(path, mountpoint string) error {
+	if _, err := os.Stat(filepath.Join(mountpoint, path)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	m, err := cgroup2.Load(path, cgroup2.WithMountpoint(mountpoint))
+	if err != nil {
+		return err
+	}
+	return m.Delete()
 }

@@ -1,6 +1,6 @@
-// Package runc is the shim's glue to runc: building the runc client from
-// containerd's runtime options, the bundle files the shim keeps, mounting the
-// rootfs, and reaping.
+// Package runc is the shim's glue to runc and the platform: building the
+// runc client from containerd's runtime options, the bundle files the shim
+// keeps, mounting the rootfs, and finding and reading a container's cgroup.
 package runc
 
 import (
@@ -146,7 +146,22 @@ func WrapError(op, bundle string, err error) error {
 	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
 		err = fmt.Errorf("%w: %w", ErrRuntimeNotFound, err)
 	}
-	return &Error{Op: op, Msg: lastError(filepath.Join(bundle, logFile)), Err: err}
+	msg := lastError(filepath.Join(bundle, logFile))
+	if msg == "" && bundleFull(bundle) {
+		// runc's log is in the bundle too: it could not say why.
+		err = fmt.Errorf("%w (the bundle's filesystem is full: no space left on device)", err)
+	}
+	return &Error{Op: op, Msg: msg, Err: err}
+}
+
+// bundleFull reports whether the filesystem of bundle has no free block
+// or inode left.
+func bundleFull(bundle string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(bundle, &st); err != nil {
+		return false
+	}
+	return st.Bavail == 0 || (st.Files > 0 && st.Ffree == 0)
 }
 
 // lastError returns the message of the last error-level entry in runc's

@@ -55,6 +55,11 @@ func runDelete(f flags, stdout io.Writer) error {
 			fmt.Fprintf(os.Stderr, "warning: %v\n", runc.WrapError("delete", bundle, err))
 		}
 	}
+	// A create that did not finish (the shim was killed in it) leaves a
+	// cgroup runc has no state for.
+	if err := runc.RemoveLeftoverCgroup(bundle, f.id, cfg.SystemdCgroup); err != nil {
+		fmt.Fprintf(os.Stderr, "warning: %v\n", err)
+	}
 	if err := runc.UnmountAll(filepath.Join(bundle, "rootfs")); err != nil {
 		fmt.Fprintf(os.Stderr, "warning: %v\n", err)
 	}

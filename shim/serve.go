@@ -21,7 +21,7 @@ import (
 
 	"oomshim/event"
 	"oomshim/oom"
-	"oomshim/runc"
+	"oomshim/process"
 	"oomshim/task"
 )
 
@@ -31,10 +31,13 @@ const (
 	readyOK    = "ok"
 	// stopTimeout bounds the ttrpc server's shutdown.
 	stopTimeout = 10 * time.Second
-	// drainTimeout bounds the event queue's last drain: longer than an
-	// event's retries (event.DefaultBackoff), so that events still queued
-	// when containerd was not taking them are retried to the end.
-	drainTimeout = 30 * time.Second
+	// drainTimeout bounds the event queue's last drain, after the last
+	// request: longer than an event's retries when containerd refuses it
+	// (event.DefaultBackoff), and long enough for a containerd that takes
+	// no events for minutes (stopped, restarting, stuck) to get every
+	// queued event once it takes them again. Past it the shim exits and
+	// logs each event it could not forward.
+	drainTimeout = 5 * time.Minute
 )
 
 // serve is the long-running shim: it serves the task API until the last
@@ -101,7 +104,7 @@ func runServer(f flags, ready *os.File) error {
 		Shutdown:  func() { once.Do(func() { close(stop) }) },
 		IdleExit:  idleExit(ctx),
 	})
-	reaper := runc.NewReaper(svc.HandleExits)
+	reaper := process.NewReaper(svc.HandleExits)
 	gorunc.Monitor = reaper
 	reapCtx, stopReaping := context.WithCancel(ctx)
 	defer stopReaping()

@@ -231,7 +231,7 @@ func launch(f flags, p startParams, address string, l *net.UnixListener) (retErr
 	// every shim command: the server's work is syscalls and waiting on
 	// runc, never two goroutines of Go code at once, and one P means one
 	// set of per-P caches and one thread fewer (runc runs on locked
-	// threads, see runc.Reaper.StartLocked, which park without holding
+	// threads, see process.Reaper.StartLocked, which park without holding
 	// the P). Given at exec, not set later with runtime.GOMAXPROCS, which
 	// left 4 in 10 servers with 0.6 MB more memory. Main drops the
 	// variable again, so that runc does not inherit it.

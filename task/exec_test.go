@@ -15,7 +15,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"oomshim/process"
-	"oomshim/runc"
 )
 
 // startInit creates and starts container id.
@@ -51,7 +50,7 @@ func TestInitExitWaitsForStartingExec(t *testing.T) {
 	e1 := h.exec("c1", "e1")
 	var e2Add, e2Start error
 	e1.onStart = func() {
-		h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 137)})
+		h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 137)})
 		h.flush()
 		if got := h.rec.exits(); len(got) > 0 {
 			t.Errorf("TaskExit of %v while an exec was inside its Start", got)
@@ -74,7 +73,7 @@ func TestInitExitWaitsForStartingExec(t *testing.T) {
 		t.Errorf("Start of an exec after the init exited: %v, want FailedPrecondition", e2Start)
 	}
 	h.wantExits()
-	h.svc.HandleExits([]runc.Exit{exit(e1.Pid(), 137)})
+	h.svc.HandleExits([]process.Reaped{exit(e1.Pid(), 137)})
 	h.wantExits("e1", "c1")
 	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit", "/tasks/exit")
 }
@@ -85,7 +84,7 @@ func TestInitExitAfterExecStartFails(t *testing.T) {
 	init := h.startInit("c1")
 	e1 := h.exec("c1", "e1")
 	e1.startErr = errors.New("runc exec: container not running")
-	e1.onStart = func() { h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)}) }
+	e1.onStart = func() { h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 0)}) }
 	if err := h.startExec("c1", "e1"); err == nil {
 		t.Fatal("exec start succeeded, want its error")
 	}
@@ -100,7 +99,7 @@ func TestConcurrentStartsMakeOneProcess(t *testing.T) {
 	var second error
 	init.onStart = func() {
 		_, second = h.svc.Start(context.Background(), &taskapi.StartRequest{ID: "c1"})
-		h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)}) // dies inside the winner's window
+		h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 0)}) // dies inside the winner's window
 	}
 	if _, err := h.svc.Start(context.Background(), &taskapi.StartRequest{ID: "c1"}); err != nil {
 		t.Fatal(err)
@@ -169,7 +168,7 @@ func TestSharedPIDNamespaceKillAll(t *testing.T) {
 	if _, err := h.svc.Start(context.Background(), &taskapi.StartRequest{ID: "c1"}); err != nil {
 		t.Fatal(err)
 	}
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 0)})
 	select {
 	case <-init.killAlls:
 	case <-time.After(10 * time.Second):
@@ -185,7 +184,7 @@ func TestSharedPIDNamespaceKillAll(t *testing.T) {
 
 	own := h.startInit("c2")
 	own.killAlls = make(chan struct{}, 1)
-	h.svc.HandleExits([]runc.Exit{exit(own.Pid(), 0)})
+	h.svc.HandleExits([]process.Reaped{exit(own.Pid(), 0)})
 	h.wantExits("c1", "c2")
 	select {
 	case <-own.killAlls:
@@ -203,8 +202,8 @@ func TestDeleteEndsExecsFirst(t *testing.T) {
 	if err := h.startExec("c1", "e"); err != nil {
 		t.Fatal(err)
 	}
-	e.onKill = func() { go h.svc.HandleExits([]runc.Exit{exit(e.Pid(), 137)}) }
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
+	e.onKill = func() { go h.svc.HandleExits([]process.Reaped{exit(e.Pid(), 137)}) }
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 0)})
 	// The init's exit is published once execExitGrace has passed.
 	ctx, cancel := context.WithTimeout(context.Background(), 4*execExitGrace)
 	defer cancel()
@@ -232,7 +231,7 @@ func TestDeleteExecsWithoutTheLock(t *testing.T) {
 	if err := h.startExec("c1", "e1"); err != nil {
 		t.Fatal(err)
 	}
-	h.svc.HandleExits([]runc.Exit{exit(e.Pid(), 0), exit(init.Pid(), 0)})
+	h.svc.HandleExits([]process.Reaped{exit(e.Pid(), 0), exit(init.Pid(), 0)})
 	h.flush()
 	answered := make(chan error, 1)
 	e.onDelete = func() {

@@ -1,5 +1,31 @@
 package task
 
+// The exit-ordering rule. All of a container's events are queued, under
+// Service.mu, on the one event.Sequencer, which forwards them in the order
+// they were queued. For one container that order is:
+//
+//  1. The start event (TaskStart, TaskExecStarted) of a process, before
+//     its TaskExit: an exit reaped while its start is still returning is
+//     held in a start window (beginStart/endStart) until the start event
+//     is queued.
+//  2. TaskOOM, for each OOM kill the kernel counted, before the TaskExit
+//     of the process it killed: before an exec's TaskExit the counters are
+//     re-read (checkOOMLocked); before the init's the watch gives its
+//     final word and ends (unwatchLocked in publishInitExitLocked). The
+//     watcher queues TaskOOM with the container's watch locked, so no
+//     TaskOOM can be on its way while the exit is queued.
+//  3. Every exec's TaskExit, before the init's: the init's exit is held
+//     (pendingInit) while an exec is starting or running, for at most
+//     execExitGrace (exitLocked, flushInitIfDueLocked).
+//  4. The init's TaskExit, before TaskDelete: a process is marked stopped
+//     only once its TaskExit is queued (publishExitLocked), Delete needs it
+//     stopped, and Delete first ends the execs that outlived the init and
+//     waits for their exits (endExecs).
+//
+// Wait answers only once the process's TaskExit has been forwarded (the
+// ticket given to SetExited), so whoever acts on Wait's answer has had
+// every event before it, TaskOOM included.
+
 import (
 	"context"
 	"errors"
@@ -13,7 +39,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"oomshim/process"
-	"oomshim/runc"
 )
 
 // execExitGrace bounds how long an init's TaskExit waits for the exits of
@@ -66,7 +91,7 @@ func (r *running) pid() int {
 
 // HandleExits is the reaper's handler: it receives every reaped child that
 // is not a runc command, in reaping order.
-func (s *Service) HandleExits(exits []runc.Exit) {
+func (s *Service) HandleExits(exits []process.Reaped) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, e := range exits {
@@ -89,7 +114,7 @@ func (s *Service) HandleExits(exits []runc.Exit) {
 // passed). Meanwhile the process counts as running for the ordering of
 // exits (an init's TaskExit still waits for it) but is no longer
 // signalled: its pid is free.
-func (s *Service) reapedLocked(r running, e runc.Exit) {
+func (s *Service) reapedLocked(r running, e process.Reaped) {
 	drained := r.p.Drained()
 	if drained == nil {
 		s.exitLocked(r, e)
@@ -198,14 +223,14 @@ func (s *Service) endExecStart(c *container, r *running, announce func()) {
 	s.flushInitIfDueLocked(c)
 }
 
-func (s *Service) takePending(pid int) (runc.Exit, bool) {
+func (s *Service) takePending(pid int) (process.Reaped, bool) {
 	for i, e := range s.pending {
 		if e.Pid == pid {
 			s.pending = append(s.pending[:i], s.pending[i+1:]...)
 			return e, true
 		}
 	}
-	return runc.Exit{}, false
+	return process.Reaped{}, false
 }
 
 // exitLocked handles one reaped process. An exec's exit is published at
@@ -213,7 +238,7 @@ func (s *Service) takePending(pid int) (runc.Exit, bool) {
 // starting, so that every exec's TaskExit precedes the init's. A container
 // without a PID namespace of its own loses its other processes with its
 // init, as with the stock shim: they are killed (`runc kill --all`).
-func (s *Service) exitLocked(r running, e runc.Exit) {
+func (s *Service) exitLocked(r running, e process.Reaped) {
 	c := r.c
 	if r.execID != "" {
 		c.runningExecs--
@@ -311,7 +336,7 @@ func (s *Service) flushInitIfDueLocked(c *container) {
 
 // publishInitExitLocked gives the OOM watch its final word, which queues
 // any TaskOOM still owed, and only then queues the init's TaskExit.
-func (s *Service) publishInitExitLocked(c *container, e runc.Exit) {
+func (s *Service) publishInitExitLocked(c *container, e process.Reaped) {
 	s.unwatchLocked(c, e.Status == 128+int(unix.SIGKILL))
 	s.publishExitLocked(c, c.init, e)
 }
@@ -319,7 +344,7 @@ func (s *Service) publishInitExitLocked(c *container, e runc.Exit) {
 // publishExitLocked queues TaskExit and only then marks the process
 // stopped, so a Delete (which needs it stopped) can never queue its
 // TaskDelete ahead of the exit.
-func (s *Service) publishExitLocked(c *container, p proc, e runc.Exit) {
+func (s *Service) publishExitLocked(c *container, p proc, e process.Reaped) {
 	ctx := log.WithLogger(s.ctx, log.G(s.ctx).WithFields(log.Fields{
 		"container_id": c.init.ID(), "pid": e.Pid, "exit_status": e.Status,
 	}))

@@ -8,7 +8,7 @@ import (
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 
 	"oomshim/oom"
-	"oomshim/runc"
+	"oomshim/process"
 )
 
 // fakeWatcher reports an OOM from its final read (Stop) or from a Check,
@@ -60,7 +60,7 @@ func TestOOMQueuedBeforeInitExit(t *testing.T) {
 	init := h.create("c1")
 	h.start("c1", "")
 	w.onStop = true
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 137)})
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 137)})
 	h.want("/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit")
 	if _, err := h.svc.Delete(context.Background(), &taskapi.DeleteRequest{ID: "c1"}); err != nil {
 		t.Fatal(err)
@@ -78,7 +78,7 @@ func TestOOMQueuedBeforeExecExit(t *testing.T) {
 	e := h.exec("c1", "e1")
 	h.start("c1", "e1")
 	w.onCheck = true
-	h.svc.HandleExits([]runc.Exit{exit(e.Pid(), 137)})
+	h.svc.HandleExits([]process.Reaped{exit(e.Pid(), 137)})
 	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/oom", "/tasks/exit")
 }
 

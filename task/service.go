@@ -30,8 +30,25 @@ import (
 	"oomshim/runc"
 )
 
-// shutdownFlush bounds how long Shutdown waits for queued events.
-const shutdownFlush = 10 * time.Second
+// shutdownFlush bounds how long Shutdown waits for queued events; the
+// caller's deadline (containerd gives Shutdown 3 s) bounds it too, less
+// replyMargin to answer in.
+const (
+	shutdownFlush = 10 * time.Second
+	replyMargin   = 500 * time.Millisecond
+)
+
+// flushContext is Shutdown's wait for queued events: shutdownFlush, and
+// never past the caller's own deadline less replyMargin, so that a slow
+// containerd does not make Shutdown miss that deadline. Whatever is still
+// queued then is forwarded after the reply, before the shim exits.
+func flushContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := shutdownFlush
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, max(time.Until(dl)-replyMargin, 0))
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
+}
 
 // initProcess is a container's init process (*process.Init).
 type initProcess interface {
@@ -76,13 +93,13 @@ type container struct {
 	sharedPID bool // no PID namespace of its own: kill the rest when the init exits
 
 	// Exit ordering (exits.go), guarded by Service.mu.
-	runningExecs  int         // execs started or starting, not yet reaped
-	startingExecs int         // execs inside their Start
-	initExited    bool        // the init was reaped: no exec starts any more
-	pendingInit   *runc.Exit  // init reaped while execs still ran or started
-	graceTimer    *time.Timer // sets graceExpired
-	graceExpired  bool        // execExitGrace passed since the init exited
-	finalOOM      *oom.Counts // the OOM watch's last word, once the init exited
+	runningExecs  int             // execs started or starting, not yet reaped
+	startingExecs int             // execs inside their Start
+	initExited    bool            // the init was reaped: no exec starts any more
+	pendingInit   *process.Reaped // init reaped while execs still ran or started
+	graceTimer    *time.Timer     // sets graceExpired
+	graceExpired  bool            // execExitGrace passed since the init exited
+	finalOOM      *oom.Counts     // the OOM watch's last word, once the init exited
 }
 
 // oomWatcher is the OOM watcher (*oom.Watcher).
@@ -121,7 +138,7 @@ type Service struct {
 	containers map[string]*container // nil value: a Create in progress
 	running    map[int]running       // pid -> live process, for the reaper
 	starting   int                   // open start windows
-	pending    []runc.Exit           // unknown exits seen while starting > 0
+	pending    []process.Reaped      // unknown exits seen while starting > 0
 	closing    bool
 
 	idleMu sync.Mutex
@@ -577,7 +594,7 @@ func (s *Service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*em
 	s.closing = true
 	s.mu.Unlock()
 	if first {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownFlush)
+		fctx, cancel := flushContext(ctx)
 		switch err := s.events.Flush(fctx); {
 		case errors.Is(err, event.ErrStalled):
 			// containerd is not taking events (it may be starting and

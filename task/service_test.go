@@ -22,7 +22,6 @@ import (
 
 	"oomshim/event"
 	"oomshim/process"
-	"oomshim/runc"
 )
 
 // recorder forwards nothing; it records topics in order. A test may hold
@@ -183,8 +182,8 @@ func (h *harness) want(topics ...string) {
 	}
 }
 
-func exit(pid, status int) runc.Exit {
-	return runc.Exit{Pid: pid, Status: status, Timestamp: time.Now()}
+func exit(pid, status int) process.Reaped {
+	return process.Reaped{Pid: pid, Status: status, Timestamp: time.Now()}
 }
 
 func TestLifecycleEvents(t *testing.T) {
@@ -194,7 +193,7 @@ func TestLifecycleEvents(t *testing.T) {
 	if _, err := h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"}); err != nil {
 		t.Fatal(err)
 	}
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 3)})
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 3)})
 	w, err := h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
 	if err != nil || w.ExitStatus != 3 {
 		t.Fatalf("wait: %v %v", w, err)
@@ -210,12 +209,58 @@ func TestLifecycleEvents(t *testing.T) {
 	<-h.stopped
 }
 
+// containerd gives Shutdown 3 s. With containerd slow to take events (a
+// forward in flight, not failing), Shutdown still answers within the
+// caller's deadline; the event stays queued for the server's last drain.
+func TestShutdownWithinCallersDeadline(t *testing.T) {
+	rec := &recorder{gate: make(chan struct{})}
+	h := newHarness(t, rec)
+	t.Cleanup(func() { close(rec.gate) }) // before the harness's cleanup
+	h.create("c1")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := h.svc.Shutdown(ctx, &taskapi.ShutdownRequest{ID: "c1", Now: true}); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Shutdown answered after the caller's deadline")
+	}
+	select {
+	case <-h.stopped:
+	default:
+		t.Fatal("Shutdown answered without shutting the server down")
+	}
+	if got := rec.got(); len(got) != 0 {
+		t.Fatalf("forwarded %v with containerd not answering", got)
+	}
+}
+
+// expectExitHeld checks, right after the init of id was reaped and long
+// before any grace period can have passed, that its TaskExit is held: not
+// queued, and Wait does not answer.
+func (h *harness) expectExitHeld(id string) {
+	h.t.Helper()
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := h.svc.Wait(done, &taskapi.WaitRequest{ID: id}); err == nil {
+		h.t.Fatalf("Wait for %s answered while its exit should be held", id)
+	}
+	if err := h.events.Flush(context.Background()); err != nil {
+		h.t.Fatal(err)
+	}
+	for _, topic := range h.rec.got() {
+		if topic == "/tasks/exit" {
+			h.t.Fatalf("TaskExit of %s published at once: %v", id, h.rec.got())
+		}
+	}
+}
+
 // The init reaped while `runc start` is still returning: its exit must not
 // overtake its start event.
 func TestInitExitDuringStart(t *testing.T) {
 	h := newHarness(t, nil)
 	init := h.create("c1")
-	init.onStart = func() { h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)}) }
+	init.onStart = func() { h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 0)}) }
 	if _, err := h.svc.Start(context.Background(), &taskapi.StartRequest{ID: "c1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +277,7 @@ func TestExecExitBeforePidKnown(t *testing.T) {
 	h.create("c1")
 	h.start("c1", "")
 	e := h.exec("c1", "e1")
-	e.onStart = func() { h.svc.HandleExits([]runc.Exit{exit(e.startPid, 5)}) }
+	e.onStart = func() { h.svc.HandleExits([]process.Reaped{exit(e.startPid, 5)}) }
 	if _, err := h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1", ExecID: "e1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -253,12 +298,12 @@ func TestInitExitWaitsForExecExits(t *testing.T) {
 	e1, e2 := h.exec("c1", "e1"), h.exec("c1", "e2")
 	h.start("c1", "e1")
 	h.start("c1", "e2")
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 137), exit(e1.Pid(), 137)})
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 137), exit(e1.Pid(), 137)})
 	h.flush()
 	if s := init.Status(); s != process.Running {
 		t.Fatalf("init marked %s while an exec still runs", s)
 	}
-	h.svc.HandleExits([]runc.Exit{exit(e2.Pid(), 137)})
+	h.svc.HandleExits([]process.Reaped{exit(e2.Pid(), 137)})
 	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-added",
 		"/tasks/exec-started", "/tasks/exec-started", "/tasks/exit", "/tasks/exit", "/tasks/exit")
 	if w, err := h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"}); err != nil || w.ExitStatus != 137 {
@@ -267,7 +312,7 @@ func TestInitExitWaitsForExecExits(t *testing.T) {
 }
 
 // An exec that outlives its init (no private pid namespace) delays the
-// init's exit only for a bounded time.
+// init's exit, but only for a bounded time: both bounds are checked.
 func TestInitExitNotWedgedByExec(t *testing.T) {
 	h := newHarness(t, nil)
 	ctx := context.Background()
@@ -275,7 +320,8 @@ func TestInitExitNotWedgedByExec(t *testing.T) {
 	h.start("c1", "")
 	h.exec("c1", "e1")
 	h.start("c1", "e1")
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 0)})
+	h.expectExitHeld("c1")
 	wctx, cancel := context.WithTimeout(ctx, 10*execExitGrace)
 	defer cancel()
 	if _, err := h.svc.Wait(wctx, &taskapi.WaitRequest{ID: "c1"}); err != nil {
@@ -293,7 +339,7 @@ func TestWaitHoldsUntilExitForwarded(t *testing.T) {
 	}()
 	init := h.create("c1")
 	h.start("c1", "")
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 1)})
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 1)})
 	done := make(chan error, 1)
 	go func() {
 		_, err := h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
@@ -371,7 +417,7 @@ func TestErrorCodes(t *testing.T) {
 			}
 		})
 	}
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 0)})
 	h.wait("c1", "")
 	if _, err := h.svc.Kill(ctx, &taskapi.KillRequest{ID: "c1", Signal: 9}); !errdefs.IsNotFound(code(err)) {
 		t.Fatalf("kill of an exited init: %v, want NotFound", err)
@@ -389,11 +435,11 @@ func TestDeadInitNotReRegistered(t *testing.T) {
 	h := newHarness(t, nil)
 	ctx := context.Background()
 	init := h.create("c1")
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 137)})
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 137)})
 	if _, err := h.svc.Start(ctx, &taskapi.StartRequest{ID: "c1"}); err == nil {
 		t.Fatal("start of a stopped init succeeded")
 	}
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)}) // a stranger with the same pid
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 0)}) // a stranger with the same pid
 	h.want("/tasks/create", "/tasks/exit")
 }
 
@@ -446,7 +492,7 @@ func TestUpdate(t *testing.T) {
 		t.Fatalf("a refused update reached the init: %+v", init.updates)
 	}
 
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 0)})
 	h.wait("c1", "")
 	if _, err := h.svc.Update(ctx, &taskapi.UpdateTaskRequest{ID: "c1", Resources: res}); !errdefs.IsNotFound(code(err)) {
 		t.Fatalf("update of an exited container: %v, want NotFound", err)
@@ -507,7 +553,7 @@ func TestPauseResume(t *testing.T) {
 	if _, err := h.svc.Pause(ctx, &taskapi.PauseRequest{ID: "c1"}); err != nil {
 		t.Fatalf("pause: %v", err)
 	}
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 137)})
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 137)})
 	w, err := h.svc.Wait(ctx, &taskapi.WaitRequest{ID: "c1"})
 	if err != nil || w.ExitStatus != 137 {
 		t.Fatalf("wait after an exit while paused: %v %v", w, err)
@@ -529,7 +575,7 @@ func TestTerminalExitWaitsForDrain(t *testing.T) {
 	e.drained = make(chan struct{})
 	h.start("c1", "e1")
 
-	h.svc.HandleExits([]runc.Exit{exit(e.Pid(), 0), exit(init.Pid(), 137)})
+	h.svc.HandleExits([]process.Reaped{exit(e.Pid(), 0), exit(init.Pid(), 137)})
 	h.want("/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started")
 	if _, err := h.svc.Kill(ctx, &taskapi.KillRequest{ID: "c1", ExecID: "e1", Signal: 9}); !errdefs.IsNotFound(code(err)) {
 		t.Fatalf("kill of a reaped exec: %v, want NotFound", err)
@@ -556,14 +602,15 @@ func TestTerminalExitWaitsForDrain(t *testing.T) {
 }
 
 // A terminal that never drains (a background process holds it) delays the
-// exit by ttyDrainGrace and no more.
+// exit by ttyDrainGrace and no more: both bounds are checked.
 func TestTerminalExitGrace(t *testing.T) {
 	h := newHarness(t, nil)
 	ctx := context.Background()
 	init := h.create("c1")
 	init.drained = make(chan struct{})
 	h.start("c1", "")
-	h.svc.HandleExits([]runc.Exit{exit(init.Pid(), 0)})
+	h.svc.HandleExits([]process.Reaped{exit(init.Pid(), 0)})
+	h.expectExitHeld("c1")
 	wctx, cancel := context.WithTimeout(ctx, 10*ttyDrainGrace)
 	defer cancel()
 	if _, err := h.svc.Wait(wctx, &taskapi.WaitRequest{ID: "c1"}); err != nil {

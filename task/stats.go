@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 
+	stats1 "github.com/containerd/cgroups/v3/cgroup1/stats"
+	stats2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"oomshim/runc"
@@ -34,12 +38,27 @@ func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (_ *taskap
 		if final == nil {
 			return nil, fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
 		}
-		a, err = cg.FinalStats(final.OOMKill, final.Max)
+		a, err = finalStats(cg.Unified(), final.OOMKill, final.Max)
 	}
 	if err != nil {
 		return nil, err
 	}
 	return &taskapi.StatsResponse{Stats: a}, nil
+}
+
+// finalStats is what Stats answers after the cgroup has gone: the memory
+// events as the OOM watcher last read them, in the metrics type of the
+// cgroup's hierarchy. CRI cross-checks oom_kill on an exit 137, and with
+// the systemd driver the scope can vanish before anyone asked.
+func finalStats(unified bool, oomKill, max uint64) (*anypb.Any, error) {
+	if unified {
+		return typeurl.MarshalAnyToProto(&stats2.Metrics{
+			MemoryEvents: &stats2.MemoryEvents{OomKill: oomKill, Oom: oomKill, Max: max},
+		})
+	}
+	return typeurl.MarshalAnyToProto(&stats1.Metrics{
+		MemoryOomControl: &stats1.MemoryOomControl{OomKill: oomKill},
+	})
 }
 
 // ResizePty sets the window size of a process's terminal; for a process

@@ -1,7 +1,8 @@
-package runc
+package process
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"testing"
 	"time"
@@ -13,8 +14,8 @@ import (
 // to the handler; this test runs in its own process, whose children are
 // only the ones it starts.
 func TestReaperRoutesExits(t *testing.T) {
-	others := make(chan []Exit, 16)
-	r := NewReaper(func(e []Exit) { others <- e })
+	others := make(chan []Reaped, 16)
+	r := NewReaper(func(e []Reaped) { others <- e })
 	ctx, cancel := context.WithCancel(context.Background())
 	go r.Run(ctx)
 	t.Cleanup(func() { cancel(); <-r.Done() })
@@ -59,7 +60,7 @@ func TestReaperRoutesExits(t *testing.T) {
 }
 
 func TestStartLocked(t *testing.T) {
-	r := NewReaper(func([]Exit) {})
+	r := NewReaper(func([]Reaped) {})
 	ctx, cancel := context.WithCancel(context.Background())
 	go r.Run(ctx)
 	t.Cleanup(func() { cancel(); <-r.Done() })
@@ -74,4 +75,42 @@ func TestStartLocked(t *testing.T) {
 	if _, err := r.StartLocked(exec.Command("/nonexistent/binary")); err == nil {
 		t.Fatal("starting a missing binary succeeded")
 	}
+}
+
+// Every command's pidfd (os.Process holds one on Linux) is closed when its
+// Wait returns, not when the garbage collector runs.
+func TestReaperClosesPidfds(t *testing.T) {
+	r := NewReaper(func([]Reaped) {})
+	ctx, cancel := context.WithCancel(context.Background())
+	go r.Run(ctx)
+	t.Cleanup(func() { cancel(); <-r.Done() })
+	before := countPidfds(t)
+	for i := 0; i < 20; i++ {
+		cmd := exec.Command("true")
+		ch, err := r.Start(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status, err := r.Wait(cmd, ch); err != nil || status != 0 {
+			t.Fatalf("status %d, %v", status, err)
+		}
+	}
+	if after := countPidfds(t); after > before {
+		t.Fatalf("%d pidfds open after 20 commands, %d before", after, before)
+	}
+}
+
+func countPidfds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && l == "anon_inode:[pidfd]" {
+			n++
+		}
+	}
+	return n
 }

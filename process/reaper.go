@@ -1,10 +1,10 @@
-package runc
+package process
 
 import (
 	"context"
 	"os"
 	"os/exec"
-	"os/signal"
+	ossignal "os/signal"
 	"runtime"
 	"sync"
 	"time"
@@ -14,8 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Exit is one reaped child.
-type Exit = gorunc.Exit
+// Reaped is one reaped child: its pid, exit status (ExitStatus) and when
+// it was reaped.
+type Reaped = gorunc.Exit
 
 // Reaper is the shim's only caller of wait(2). As a child subreaper the shim
 // inherits every container process, so reaping must be central: a runc
@@ -27,10 +28,10 @@ type Exit = gorunc.Exit
 // under the same lock that reaping holds, so an exit can never be reaped
 // before its owner is known.
 type Reaper struct {
-	handle func([]Exit)
+	handle func([]Reaped)
 
 	mu   sync.Mutex
-	cmds map[int]chan Exit
+	cmds map[int]chan Reaped
 
 	sigs chan os.Signal
 	done chan struct{}
@@ -39,10 +40,10 @@ type Reaper struct {
 // NewReaper returns a reaper that passes every exit it does not own to
 // handle. handle runs on the reaper's goroutine, one batch at a time.
 // Call Run to start reaping.
-func NewReaper(handle func([]Exit)) *Reaper {
+func NewReaper(handle func([]Reaped)) *Reaper {
 	return &Reaper{
 		handle: handle,
-		cmds:   make(map[int]chan Exit),
+		cmds:   make(map[int]chan Reaped),
 		sigs:   make(chan os.Signal, 32),
 		done:   make(chan struct{}),
 	}
@@ -50,8 +51,8 @@ func NewReaper(handle func([]Exit)) *Reaper {
 
 // Run reaps on every SIGCHLD until ctx ends.
 func (r *Reaper) Run(ctx context.Context) {
-	signal.Notify(r.sigs, unix.SIGCHLD)
-	defer signal.Stop(r.sigs)
+	ossignal.Notify(r.sigs, unix.SIGCHLD)
+	defer ossignal.Stop(r.sigs)
 	defer close(r.done)
 	r.Reap() // anything that died before the handler was installed
 	for {
@@ -69,7 +70,7 @@ func (r *Reaper) Done() <-chan struct{} { return r.done }
 
 // Reap collects every exited child now.
 func (r *Reaper) Reap() {
-	var others []Exit
+	var others []Reaped
 	r.mu.Lock()
 	for {
 		var ws unix.WaitStatus
@@ -80,7 +81,7 @@ func (r *Reaper) Reap() {
 		if err != nil || pid <= 0 {
 			break // ECHILD: no children; 0: none exited yet
 		}
-		e := Exit{Pid: pid, Status: ExitStatus(ws), Timestamp: time.Now()}
+		e := Reaped{Pid: pid, Status: ExitStatus(ws), Timestamp: time.Now()}
 		if ch, ok := r.cmds[pid]; ok {
 			delete(r.cmds, pid)
 			ch <- e // buffered, never blocks
@@ -104,13 +105,13 @@ func ExitStatus(ws unix.WaitStatus) int {
 }
 
 // Start implements gorunc.ProcessMonitor.
-func (r *Reaper) Start(c *exec.Cmd) (chan Exit, error) {
+func (r *Reaper) Start(c *exec.Cmd) (chan Reaped, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := c.Start(); err != nil {
 		return nil, err
 	}
-	ch := make(chan Exit, 1)
+	ch := make(chan Reaped, 1)
 	r.cmds[c.Process.Pid] = ch
 	return ch, nil
 }
@@ -118,13 +119,13 @@ func (r *Reaper) Start(c *exec.Cmd) (chan Exit, error) {
 // StartLocked implements gorunc.ProcessMonitor: the command is started from
 // a thread locked for the command's whole life, so its parent-death signal
 // fires when the shim dies and not when a Go thread happens to exit.
-func (r *Reaper) StartLocked(c *exec.Cmd) (chan Exit, error) {
+func (r *Reaper) StartLocked(c *exec.Cmd) (chan Reaped, error) {
 	type started struct {
-		ch  chan Exit
+		ch  chan Reaped
 		err error
 	}
 	res := make(chan started, 1)
-	out := make(chan Exit, 1)
+	out := make(chan Reaped, 1)
 	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
@@ -143,12 +144,16 @@ func (r *Reaper) StartLocked(c *exec.Cmd) (chan Exit, error) {
 }
 
 // Wait implements gorunc.ProcessMonitor.
-func (r *Reaper) Wait(c *exec.Cmd, ch chan Exit) (int, error) {
+func (r *Reaper) Wait(c *exec.Cmd, ch chan Reaped) (int, error) {
 	e := <-ch
 	// The child is already reaped; Wait only lets exec.Cmd finish copying
 	// its output and release its descriptors. Its ECHILD is expected.
 	if err := c.Wait(); err != nil && c.ProcessState == nil {
 		log.L.WithError(err).WithField("pid", e.Pid).Trace("command already reaped")
 	}
+	// A failed Wait leaves the Process's pidfd open until the garbage
+	// collector finds it: one fd per runc call, hundreds in a shim that
+	// allocates little. Release closes it now.
+	_ = c.Process.Release()
 	return e.Status, nil
 }
