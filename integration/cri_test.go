@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -407,23 +408,18 @@ func TestCRIExecSyncUpdateStats(t *testing.T) {
 	pod.remove(t, te)
 }
 
-// TestCRIOOMAcrossContainerdCrash: containerd SIGKILLed while 10
-// containers are being OOM-killed (they wait for a trigger file, made
-// once containerd is dead), then restarted: the shims' TaskOOM and
-// TaskExit reach the new containerd, and CRI reports every container
-// EXITED with reason OOMKilled.
-func TestCRIOOMAcrossContainerdCrash(t *testing.T) {
-	const n = 10
+// hogPod runs a pod of n containers that each wait for a trigger file and
+// then exceed their memory limit. It returns the containers' IDs and
+// their inits' pids, and fire, which makes the trigger file.
+func (e *criEnv) hogPod(t *testing.T, te *testEnv, name string, n int) (pod *criPod, ids []string, pids []int, fire func()) {
+	t.Helper()
 	mem := requireOOM(t)
-	te := newTestEnv(t)
-	e := startCRI(t, te)
 	trigger := t.TempDir()
 	resources := &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: oomLimit}
 	if mem.swapLimit {
 		resources.MemorySwapLimitInBytes = oomLimit
 	}
-	pod := e.runPod(t, te, "crash-pod")
-	var ids []string
+	pod = e.runPod(t, te, name)
 	for i := range n {
 		name := fmt.Sprintf("hog%d", i)
 		ids = append(ids, pod.startContainer(t, te, &runtimeapi.ContainerConfig{
@@ -435,9 +431,7 @@ func TestCRIOOMAcrossContainerdCrash(t *testing.T) {
 			LogPath:  name + ".log",
 		}))
 	}
-	// The containers' pids, to see them die while containerd is down.
 	ctx := namespaces.WithNamespace(te.ctx, criNamespace)
-	var pids []int
 	for _, id := range ids {
 		c, err := e.Client.LoadContainer(ctx, id)
 		if err != nil {
@@ -449,10 +443,27 @@ func TestCRIOOMAcrossContainerdCrash(t *testing.T) {
 		}
 		pids = append(pids, int(task.Pid()))
 	}
-	e.Stop(0) // SIGKILL
-	if err := os.WriteFile(filepath.Join(trigger, "go"), nil, 0o644); err != nil {
-		t.Fatal(err)
+	fire = func() {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(trigger, "go"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
+	return pod, ids, pids, fire
+}
+
+// TestCRIOOMAcrossContainerdCrash: containerd SIGKILLed while 10
+// containers are being OOM-killed (they wait for a trigger file, made
+// once containerd is dead), then restarted: the shims' TaskOOM and
+// TaskExit reach the new containerd, and CRI reports every container
+// EXITED with reason OOMKilled.
+func TestCRIOOMAcrossContainerdCrash(t *testing.T) {
+	requireOOM(t)
+	te := newTestEnv(t)
+	e := startCRI(t, te)
+	pod, ids, pids, fire := e.hogPod(t, te, "crash-pod", 10)
+	e.Stop(0) // SIGKILL
+	fire()
 	for i, pid := range pids {
 		if err := testkit.WaitPidExit(pid, time.Minute); err != nil {
 			t.Fatalf("container %s (pid %d) was not OOM-killed while containerd was down: %v", ids[i], pid, err)
@@ -482,43 +493,12 @@ func TestCRIOOMAcrossContainerdCrash(t *testing.T) {
 // TestCRIShimKilledDuringOOMStorm: a pod's shim SIGKILLed while its 10
 // containers are being OOM-killed. CRI shows every container as exited,
 // containerd's cleanup after the dead shim (its `delete` action) leaves no
-// runc state, mount or process of them, and the pod can be removed.
+// runc state, mount, socket or process of them, and the pod can be removed.
 func TestCRIShimKilledDuringOOMStorm(t *testing.T) {
-	const n = 10
-	mem := requireOOM(t)
+	requireOOM(t)
 	te := newTestEnv(t)
 	e := startCRI(t, te)
-	trigger := t.TempDir()
-	resources := &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: oomLimit}
-	if mem.swapLimit {
-		resources.MemorySwapLimitInBytes = oomLimit
-	}
-	pod := e.runPod(t, te, "storm-pod")
-	var ids []string
-	for i := range n {
-		name := fmt.Sprintf("hog%d", i)
-		ids = append(ids, pod.startContainer(t, te, &runtimeapi.ContainerConfig{
-			Metadata: &runtimeapi.ContainerMetadata{Name: name},
-			Image:    &runtimeapi.ImageSpec{Image: te.h.imageRef},
-			Command:  []string{"sh", "-c", "while [ ! -e /trigger/go ]; do sleep 0.05; done; " + oomHogShell},
-			Mounts:   []*runtimeapi.Mount{{HostPath: trigger, ContainerPath: "/trigger"}},
-			Linux:    &runtimeapi.LinuxContainerConfig{Resources: resources},
-			LogPath:  name + ".log",
-		}))
-	}
-	ctx := namespaces.WithNamespace(te.ctx, criNamespace)
-	var pids []int
-	for _, id := range ids {
-		c, err := e.Client.LoadContainer(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		task, err := c.Task(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pids = append(pids, int(task.Pid()))
-	}
+	pod, ids, pids, fire := e.hogPod(t, te, "storm-pod", 10)
 	var shim testkit.ShimProcess
 	for _, p := range testkit.ShimProcesses(e.Address, te.h.shimPath) {
 		if p.ID == pod.id && p.Action == "" {
@@ -528,9 +508,8 @@ func TestCRIShimKilledDuringOOMStorm(t *testing.T) {
 	if shim.PID == 0 {
 		t.Fatal("no shim server for the pod")
 	}
-	if err := os.WriteFile(filepath.Join(trigger, "go"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	socket := shimSocket(t, e.State, criNamespace, pod.id)
+	fire()
 	// The storm has begun once the first container died.
 	if err := testkit.WaitPidExit(pids[0], time.Minute); err != nil {
 		t.Fatalf("container %s was not OOM-killed: %v", ids[0], err)
@@ -566,5 +545,8 @@ func TestCRIShimKilledDuringOOMStorm(t *testing.T) {
 	}
 	for _, m := range testkit.MountsUnder(filepath.Join(e.State, "io.containerd.runtime.v2.task", criNamespace)) {
 		t.Errorf("leaked mount %s", m)
+	}
+	if _, err := os.Stat(socket); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the killed shim's socket %s is left (%v)", socket, err)
 	}
 }
