@@ -18,7 +18,7 @@ export SHIM_BINARY := $(SHIM)
 export TOOLS_BIN
 export TEST_IMAGE_TAR := $(IMAGE_TAR)
 
-.PHONY: all build install tools image test unit integration integration-race critest test-cgroup2 critest-cgroup2 test-systemd fuzz stress bench soak demo clean
+.PHONY: all build install tools image test unit integration integration-race critest test-cgroup2 critest-cgroup2 test-systemd fuzz stress bench soak compat demo clean
 
 all: build
 
@@ -39,10 +39,11 @@ image: tools
 	./scripts/build-image.sh
 
 # Everything CI runs: unit tests, the integration suite against a private
-# containerd on this machine (cgroup v1 memory), critest here, then the
-# integration suite and critest in a VM on a cgroup v2 kernel, and the
-# integration suite again in a VM booting systemd (systemd cgroup driver).
-test: unit integration integration-race critest test-cgroup2 critest-cgroup2 test-systemd
+# containerd on this machine (cgroup v1 memory), the smoke set under five
+# containerd versions (compat), critest here, then the integration suite and
+# critest in a VM on a cgroup v2 kernel, and the integration suite again in a
+# VM booting systemd (systemd cgroup driver).
+test: unit integration integration-race compat critest test-cgroup2 critest-cgroup2 test-systemd
 
 # unit: the modules of go.work are tidy and agree on shared versions
 # (scripts/check-modules.sh), then vet and the unit tests of each; the
@@ -165,6 +166,14 @@ soak: build image
 	$(BENCH_BIN) -soak -shim $(SHIM) -ref $(TOOLS_BIN)/ref/containerd-shim-runc-v2 \
 		-tools $(TOOLS_BIN) -image $(IMAGE_TAR) -out $(BENCH_OUT) \
 		-command 'make soak $(SOAK_FLAGS)' $(SOAK_FLAGS)
+
+# make compat: the shim under containerd 1.6.20 (Debian 12's package,
+# unpacked), 1.7.35, 2.2.9, 2.3.7 and 2.4.2, one smoke set each (ctr run,
+# exec, tty, pause/resume, OOM-killed init and exec with TaskOOM before
+# TaskExit, a CRI pod's container OOMKilled); prints a table and fails on
+# any red cell. COMPAT_VERSIONS picks versions.
+compat: build tools
+	./scripts/compat/run.sh
 
 demo: build
 	./scripts/demo.sh

@@ -5,6 +5,7 @@ import (
 
 	"oomshim/testkit"
 
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
+	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
 	apitypes "github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/api/types/runc/options"
@@ -82,34 +84,92 @@ func TestStartProtocolBootstrapByHand(t *testing.T) {
 }
 
 // TestStartProtocolLegacyByHand: the start action before the bootstrap
-// protocol: stdin holds the runtime options as a protobuf Any, stdout is JSON.
+// protocol (stdin holds the runtime options as a protobuf Any), as each
+// containerd generation calls it, and the reply that generation reads:
+// containerd 2.0-2.2 (MAX_SHIM_VERSION=2, -publish-binary a containerd 2
+// binary) JSON version 3; 1.7 (MAX_SHIM_VERSION=2, another binary) JSON
+// version 2; 1.6 (no MAX_SHIM_VERSION) the address alone. The server
+// answers the task API the reply names.
 func TestStartProtocolLegacyByHand(t *testing.T) {
-	te := newTestEnv(t)
-	dir, logBuf := te.handBundle("legacy", minimalSpec("true"))
-	s := &handShim{te: te, id: "legacy", bundle: dir, log: logBuf}
-	t.Cleanup(s.cleanup)
-	stdin, err := legacyOptions()
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name       string
+		publish    string // -publish-binary
+		maxVersion string // "" for none
+		version    int    // 0 for a plain address
+	}{
+		{"containerd-2.2", "", "2", 3},
+		{"containerd-1.7", "/bin/true", "2", 2},
+		{"containerd-1.6", "/bin/true", "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			te := newTestEnv(t)
+			id := "legacy-" + strings.ReplaceAll(tc.name, ".", "-")
+			dir, logBuf := te.handBundle(id, minimalSpec("true"))
+			s := &handShim{te: te, id: id, bundle: dir, log: logBuf}
+			t.Cleanup(s.cleanup)
+			stdin, err := legacyOptions()
+			if err != nil {
+				t.Fatal(err)
+			}
+			args := te.startFlags(id)
+			if tc.publish != "" {
+				for i := range args {
+					if args[i] == "-publish-binary" {
+						args[i+1] = tc.publish
+					}
+				}
+			}
+			cmd := te.shimCommand(dir, stdin, args...)
+			var env []string
+			for _, e := range cmd.Env {
+				if !strings.HasPrefix(e, "MAX_SHIM_VERSION=") {
+					env = append(env, e)
+				}
+			}
+			if tc.maxVersion != "" {
+				env = append(env, "MAX_SHIM_VERSION="+tc.maxVersion)
+			}
+			cmd.Env = env
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("legacy start: %v; stderr: %s", err, stderr.String())
+			}
+			if tc.version == 0 {
+				if !strings.HasPrefix(string(out), "unix://") || strings.ContainsAny(string(out), "{ \n") {
+					t.Fatalf("start printed %q, want the address alone", out)
+				}
+				s.address = string(out)
+			} else {
+				var res struct {
+					Version  int    `json:"version"`
+					Address  string `json:"address"`
+					Protocol string `json:"protocol"`
+				}
+				if err := json.Unmarshal(out, &res); err != nil {
+					t.Fatalf("start printed %q, want JSON: %v", out, err)
+				}
+				if res.Version != tc.version || res.Protocol != "ttrpc" || !strings.HasPrefix(res.Address, "unix://") {
+					t.Fatalf("start printed %s: want version %d, protocol ttrpc, a unix:// address", out, tc.version)
+				}
+				s.address = res.Address
+			}
+			// containerd 1.x finds the shim again by this file.
+			if data, err := os.ReadFile(filepath.Join(dir, "address")); err != nil || string(data) != s.address {
+				t.Fatalf("address file: %q, %v; want %q", data, err, s.address)
+			}
+			s.dial()
+			if tc.version != 3 {
+				// The task API v2 is served too: Connect through it.
+				resp, err := taskv2.NewTTRPCTaskClient(s.client).Connect(te.ctx, &taskv2.ConnectRequest{ID: id})
+				if err != nil || resp.ShimPid == 0 {
+					t.Fatalf("Connect over the task API v2: %+v, %v", resp, err)
+				}
+			}
+			checkConnectAndShutdown(t, s)
+		})
 	}
-	out, err := te.runShim(dir, stdin, te.startFlags("legacy")...)
-	if err != nil {
-		t.Fatalf("legacy start: %v", err)
-	}
-	var res struct {
-		Version  int    `json:"version"`
-		Address  string `json:"address"`
-		Protocol string `json:"protocol"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("legacy start printed %q, want JSON {\"version\":3,\"address\":\"unix://...\",\"protocol\":\"ttrpc\"}: %v", out, err)
-	}
-	if res.Version != 3 || res.Protocol != "ttrpc" || !strings.HasPrefix(res.Address, "unix://") {
-		t.Fatalf("legacy start printed %s: want version 3, protocol ttrpc, a unix:// address", out)
-	}
-	s.address = res.Address
-	s.dial()
-	checkConnectAndShutdown(t, s)
 }
 
 func checkConnectAndShutdown(t *testing.T, s *handShim) {

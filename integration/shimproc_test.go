@@ -112,6 +112,7 @@ func (te *testEnv) shimCommand(dir string, stdin []byte, args ...string) *exec.C
 		"TTRPC_ADDRESS="+te.h.TTRPCAddress,
 		"GRPC_ADDRESS="+te.h.Address,
 		"NAMESPACE="+te.ns,
+		"MAX_SHIM_VERSION=2", // what containerd 1.7 and 2.x set
 	)
 	cmd.Stdin = bytes.NewReader(stdin)
 	// A start action that leaks its stdout to the daemon would block here

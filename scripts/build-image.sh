@@ -4,6 +4,7 @@
 #
 #   output: $ROOT/.tools/images/busybox.tar   (override with IMAGE_TAR)
 #   name:   docker.io/library/busybox:latest (override with IMAGE_NAME)
+#   cmd:    sh (override with IMAGE_CMD, e.g. "sleep 2147483647" for a pause image)
 #
 # Import it with either of:
 #   ctr -n <ns> images import .tools/images/busybox.tar
@@ -20,6 +21,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUSYBOX="${BUSYBOX:-/bin/busybox}"
 IMAGE_TAR="${IMAGE_TAR:-$ROOT/.tools/images/busybox.tar}"
 IMAGE_NAME="${IMAGE_NAME:-docker.io/library/busybox:latest}"
+IMAGE_CMD="${IMAGE_CMD:-sh}"
 
 log() { printf '[build-image] %s\n' "$*" >&2; }
 
@@ -33,13 +35,13 @@ if ldd "$BUSYBOX" >/dev/null 2>&1; then
 fi
 
 stamp="$IMAGE_TAR.stamp"
-want="$(sha256sum "$BUSYBOX" "$ROOT/integration/cmd/mkimage/main.go" | awk '{print $1}' | tr '\n' ' ')$IMAGE_NAME"
+want="$(sha256sum "$BUSYBOX" "$ROOT/integration/cmd/mkimage/main.go" | awk '{print $1}' | tr '\n' ' ')$IMAGE_NAME $IMAGE_CMD"
 if [[ "${FORCE:-}" != 1 && -f "$IMAGE_TAR" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
 	log "$IMAGE_TAR is up to date ($IMAGE_NAME)"
 	exit 0
 fi
 
 mkdir -p "$(dirname "$IMAGE_TAR")"
-(cd "$ROOT/integration" && go run ./cmd/mkimage -busybox "$BUSYBOX" -name "$IMAGE_NAME" -out "$IMAGE_TAR") >&2
+(cd "$ROOT/integration" && go run ./cmd/mkimage -busybox "$BUSYBOX" -name "$IMAGE_NAME" -cmd "$IMAGE_CMD" -out "$IMAGE_TAR") >&2
 printf '%s' "$want" >"$stamp"
 log "built $IMAGE_TAR ($IMAGE_NAME)"

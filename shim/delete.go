@@ -81,21 +81,24 @@ func runDelete(f flags, stdout io.Writer) error {
 }
 
 // removeDeadSocket removes the socket of the bundle's shim (the address
-// containerd recorded in bootstrap.json) once nothing listens on it: a shim
-// killed with its container cannot remove it itself. A shim still serving
-// other containers of its group accepts the connection and keeps it.
+// containerd 2.x recorded in bootstrap.json, or the address file the start
+// action wrote, which containerd 1.x reads) once nothing listens on it: a
+// shim killed with its container cannot remove it itself. A shim still
+// serving other containers of its group accepts the connection and keeps
+// it.
 func removeDeadSocket(bundle string) {
-	data, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json"))
-	if err != nil {
-		return
+	var address string
+	if data, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json")); err == nil {
+		var res struct {
+			Address string `json:"address"`
+		}
+		if json.Unmarshal(data, &res) == nil {
+			address = res.Address
+		}
+	} else if data, err := os.ReadFile(filepath.Join(bundle, addressFile)); err == nil {
+		address = strings.TrimSpace(string(data))
 	}
-	var res struct {
-		Address string `json:"address"`
-	}
-	if json.Unmarshal(data, &res) != nil {
-		return
-	}
-	path, ok := strings.CutPrefix(res.Address, "unix://")
+	path, ok := strings.CutPrefix(address, "unix://")
 	if !ok {
 		return
 	}

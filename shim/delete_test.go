@@ -96,3 +96,26 @@ func TestRemoveDeadSocket(t *testing.T) {
 	}
 	removeDeadSocket(bundle) // gone already: nothing to do
 }
+
+// Under containerd 1.x there is no bootstrap.json: the socket is found
+// through the address file the start action wrote.
+func TestRemoveDeadSocketFromAddressFile(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "s")
+	if err := writeAddress(filepath.Join(dir, addressFile), "unix://"+sock); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	removeDeadSocket(dir)
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("dead socket still there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, addressFile+".tmp")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the address file's temporary is left: %v", err)
+	}
+}

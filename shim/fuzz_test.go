@@ -37,7 +37,7 @@ func FuzzParseStartInput(f *testing.F) {
 	f.Fuzz(func(t *testing.T, input []byte, ttrpc, grpc string) {
 		env := map[string]string{"TTRPC_ADDRESS": ttrpc, "GRPC_ADDRESS": grpc}
 		p, err := parseStartInput(input, fl, func(k string) string { return env[k] })
-		if err != nil || !p.bootstrap {
+		if err != nil || p.reply != replyBootstrap {
 			return
 		}
 		var bp bootapi.BootstrapParams

@@ -3,6 +3,7 @@ package shim
 import (
 	"bytes"
 	"crypto/sha256"
+	"debug/buildinfo"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,8 +31,6 @@ const (
 	maxStdin = 10 << 20
 	// readyTimeout bounds the wait for the server to listen.
 	readyTimeout = 10 * time.Second
-	// shimVersion is the task API version the shim serves (task v3).
-	shimVersion = 3
 )
 
 // groupLabels name the annotations that put several containers in one shim,
@@ -41,10 +40,58 @@ var groupLabels = []string{
 	"io.kubernetes.cri.sandbox-id",
 }
 
+// reply is the form of the start action's answer, the one the calling
+// containerd reads; it also decides the task API that containerd uses.
+type reply int
+
+const (
+	// replyBootstrap: a BootstrapResult protobuf naming task API v3, to
+	// containerd >= 2.3, which wrote BootstrapParams on stdin.
+	replyBootstrap reply = iota
+	// replyJSON3: {"version":3,...}, to containerd 2.0-2.2 (task API v3).
+	replyJSON3
+	// replyJSON2: {"version":2,...}, to containerd 1.7 and to any
+	// containerd this cannot tell from it (task API v2).
+	replyJSON2
+	// replyPlain: the socket address alone, to containerd 1.6 and older,
+	// which dial whatever start printed (task API v2).
+	replyPlain
+)
+
+// legacyReply tells the containerd versions that start a shim the same
+// way apart. containerd 1.7 and 2.0-2.2 both set MAX_SHIM_VERSION=2 (2.x
+// nonetheless reads version 3) and pass the same flags; 1.6 and older set
+// no MAX_SHIM_VERSION and read only a plain address. The Go module of the
+// containerd binary (-publish-binary, read from its build information)
+// tells 2.x (github.com/containerd/containerd/v2) from 1.x. Whatever
+// cannot be read gets version 2, which every containerd since 1.7 reads.
+func legacyReply(maxVersion, containerdModule string) reply {
+	switch {
+	case maxVersion == "":
+		return replyPlain
+	case containerdModule == "github.com/containerd/containerd/v2":
+		return replyJSON3
+	default:
+		return replyJSON2
+	}
+}
+
+// moduleOf returns the main module path recorded in a Go binary, or "".
+func moduleOf(binary string) string {
+	if binary == "" {
+		return ""
+	}
+	info, err := buildinfo.ReadFile(binary)
+	if err != nil {
+		return ""
+	}
+	return info.Main.Path
+}
+
 // startParams is what start learned from containerd, whichever protocol it
 // spoke.
 type startParams struct {
-	bootstrap    bool // reply with a BootstrapResult protobuf, else JSON
+	reply        reply
 	ttrpcAddress string
 	grpcAddress  string
 	socketDir    string
@@ -61,7 +108,7 @@ func parseStartInput(input []byte, f flags, getenv func(string) string) (startPa
 	var bp bootapi.BootstrapParams
 	if len(input) > 0 && proto.Unmarshal(input, &bp) == nil && bp.InstanceID == f.id && bp.Namespace == f.namespace {
 		p := startParams{
-			bootstrap:    true,
+			reply:        replyBootstrap,
 			ttrpcAddress: bp.ContainerdTtrpcAddress,
 			grpcAddress:  bp.ContainerdGrpcAddress,
 			socketDir:    bp.GetSocketDir(),
@@ -78,6 +125,7 @@ func parseStartInput(input []byte, f flags, getenv func(string) string) (startPa
 		return p, nil
 	}
 	p := startParams{
+		reply:        legacyReply(getenv("MAX_SHIM_VERSION"), moduleOf(f.publishBinary)),
 		ttrpcAddress: getenv("TTRPC_ADDRESS"),
 		grpcAddress:  f.address,
 		debug:        f.debug,
@@ -174,20 +222,50 @@ func runStart(f flags, stdin io.Reader, stdout io.Writer) error {
 			return err
 		}
 	}
-	return writeStartResult(stdout, p.bootstrap, address)
+	// containerd 1.x finds a running shim again after its own restart by
+	// this file (2.x records start's reply itself, in bootstrap.json).
+	if err := writeAddress(addressFile, address); err != nil {
+		return err
+	}
+	return writeStartResult(stdout, p.reply, address)
 }
 
-func writeStartResult(w io.Writer, bootstrap bool, address string) error {
+// addressFile, in the bundle, holds the shim's socket address.
+const addressFile = "address"
+
+// writeAddress writes path atomically: containerd may read it at any time.
+func writeAddress(path, address string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(address), 0o600); err != nil {
+		return fmt.Errorf("write the address file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write the address file: %w", err)
+	}
+	return nil
+}
+
+// writeStartResult answers start in the form r. The server serves the task
+// API v3 and v2 alike; the form tells containerd which one to use.
+func writeStartResult(w io.Writer, r reply, address string) error {
 	var data []byte
 	var err error
-	if bootstrap {
-		data, err = proto.Marshal(&bootapi.BootstrapResult{Version: shimVersion, Address: address, Protocol: "ttrpc"})
-	} else {
+	switch r {
+	case replyBootstrap:
+		data, err = proto.Marshal(&bootapi.BootstrapResult{Version: 3, Address: address, Protocol: "ttrpc"})
+	case replyPlain:
+		data = []byte(address)
+	default:
+		version := 3
+		if r == replyJSON2 {
+			version = 2
+		}
 		data, err = json.Marshal(struct {
 			Version  int    `json:"version"`
 			Address  string `json:"address"`
 			Protocol string `json:"protocol"`
-		}{shimVersion, address, "ttrpc"})
+		}{version, address, "ttrpc"})
 	}
 	if err != nil {
 		return fmt.Errorf("marshal start result: %w", err)

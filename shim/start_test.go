@@ -3,6 +3,7 @@ package shim
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 
@@ -37,7 +38,7 @@ func TestParseStartInput(t *testing.T) {
 	}
 	other := proto.Clone(boot).(*bootapi.BootstrapParams)
 	other.InstanceID = "someone-else"
-	env := map[string]string{"TTRPC_ADDRESS": "/env/ttrpc", "GRPC_ADDRESS": "/env/grpc"}
+	env := map[string]string{"TTRPC_ADDRESS": "/env/ttrpc", "GRPC_ADDRESS": "/env/grpc", "MAX_SHIM_VERSION": "2"}
 	f := flags{id: "c1", namespace: "ns"}
 
 	for _, tc := range []struct {
@@ -67,7 +68,7 @@ func TestParseStartInput(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if p.bootstrap != tc.bootstrap || p.ttrpcAddress != tc.ttrpc || p.socketDir != tc.socketDir || p.debug != tc.debug {
+			if (p.reply == replyBootstrap) != tc.bootstrap || p.ttrpcAddress != tc.ttrpc || p.socketDir != tc.socketDir || p.debug != tc.debug {
 				t.Fatalf("got %+v", p)
 			}
 			if got := p.options.GetBinaryName(); got != tc.binary {
@@ -78,24 +79,68 @@ func TestParseStartInput(t *testing.T) {
 }
 
 func TestWriteStartResult(t *testing.T) {
+	for _, tc := range []struct {
+		r       reply
+		version float64
+	}{{replyJSON3, 3}, {replyJSON2, 2}} {
+		var b bytes.Buffer
+		if err := writeStartResult(&b, tc.r, "unix:///run/s/x"); err != nil {
+			t.Fatal(err)
+		}
+		var legacy map[string]any
+		if err := json.Unmarshal(b.Bytes(), &legacy); err != nil {
+			t.Fatalf("JSON reply is not JSON: %q", b.String())
+		}
+		if legacy["version"] != tc.version || legacy["address"] != "unix:///run/s/x" || legacy["protocol"] != "ttrpc" {
+			t.Fatalf("JSON reply %v, want version %v", legacy, tc.version)
+		}
+	}
 	var b bytes.Buffer
-	if err := writeStartResult(&b, false, "unix:///run/s/x"); err != nil {
+	if err := writeStartResult(&b, replyPlain, "unix:///run/s/x"); err != nil {
 		t.Fatal(err)
 	}
-	var legacy map[string]any
-	if err := json.Unmarshal(b.Bytes(), &legacy); err != nil {
-		t.Fatalf("legacy reply is not JSON: %q", b.String())
-	}
-	if legacy["version"] != float64(3) || legacy["address"] != "unix:///run/s/x" || legacy["protocol"] != "ttrpc" {
-		t.Fatalf("legacy reply %v", legacy)
+	if b.String() != "unix:///run/s/x" {
+		t.Fatalf("plain reply %q", b.String())
 	}
 	b.Reset()
-	if err := writeStartResult(&b, true, "unix:///run/s/x"); err != nil {
+	if err := writeStartResult(&b, replyBootstrap, "unix:///run/s/x"); err != nil {
 		t.Fatal(err)
 	}
 	var res bootapi.BootstrapResult
 	if err := proto.Unmarshal(b.Bytes(), &res); err != nil || res.Version != 3 || res.Address != "unix:///run/s/x" || res.Protocol != "ttrpc" {
 		t.Fatalf("bootstrap reply %+v, %v", &res, err)
+	}
+}
+
+// Which containerd is calling decides the reply: 1.6 (no
+// MAX_SHIM_VERSION) a plain address, a containerd 2 binary version 3,
+// 1.7 and any binary that cannot be read version 2.
+func TestLegacyReply(t *testing.T) {
+	for _, tc := range []struct {
+		max, module string
+		want        reply
+	}{
+		{"", "github.com/containerd/containerd", replyPlain},
+		{"", "", replyPlain},
+		{"2", "github.com/containerd/containerd/v2", replyJSON3},
+		{"2", "github.com/containerd/containerd", replyJSON2},
+		{"2", "", replyJSON2},
+	} {
+		if got := legacyReply(tc.max, tc.module); got != tc.want {
+			t.Errorf("legacyReply(%q, %q) = %d, want %d", tc.max, tc.module, got, tc.want)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := moduleOf(self); m == "" {
+		t.Errorf("no module read from %s", self)
+	}
+	for _, bad := range []string{"", "/nonexistent", "/etc/hostname"} {
+		if m := moduleOf(bad); m != "" {
+			t.Errorf("moduleOf(%q) = %q", bad, m)
+		}
 	}
 }
 

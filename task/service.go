@@ -12,6 +12,7 @@ import (
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
+	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runc/options"
 	tasktypes "github.com/containerd/containerd/api/types/task"
@@ -173,9 +174,10 @@ func deleteExecs(ctx context.Context, execs map[string]execProcess) {
 	}
 }
 
-// Register adds the service to a ttrpc server.
+// Register adds the service to a ttrpc server, as the task API v3 and v2.
 func (s *Service) Register(server *ttrpc.Server) {
 	taskapi.RegisterTTRPCTaskService(server, s)
+	taskv2.RegisterTTRPCTaskService(server, taskV2{s})
 }
 
 // get returns a container by ID.

@@ -40,6 +40,11 @@ type Options struct {
 	CRI *CRIOptions
 	// ClientOpts are added to the client's (a timeout, a default namespace).
 	ClientOpts []client.Opt
+	// Containerd is the daemon binary, by default ToolsBin's containerd.
+	Containerd string
+	// ConfigVersion 2 writes the configuration format of containerd 1.x
+	// (CRI as the one plugin io.containerd.grpc.v1.cri); by default 3.
+	ConfigVersion int
 }
 
 // CRIOptions configure containerd's CRI plugin.
@@ -66,6 +71,7 @@ type Containerd struct {
 	Client *client.Client
 
 	toolsBin    string
+	binary      string // containerd
 	clientOpts  []client.Opt
 	logFile     *os.File
 	cmd         *exec.Cmd
@@ -74,7 +80,18 @@ type Containerd struct {
 	createdDirs []string // global dirs that did not exist before
 }
 
-var configTemplate = template.Must(template.New("config").Parse(`# containerd config of {{.Title}} (generated)
+// socketsTemplate is the part both configuration formats share.
+var socketsTemplate = template.Must(template.New("sockets").Parse(`[grpc]
+  address = "{{.Address}}"
+
+[ttrpc]
+  address = "{{.TTRPCAddress}}"
+
+[debug]
+  level = "{{.LogLevel}}"
+`))
+
+var configTemplate = template.Must(template.Must(socketsTemplate.Clone()).New("config").Parse(`# containerd config of {{.Title}} (generated)
 version = 3
 root = "{{.Root}}"
 state = "{{.State}}"
@@ -104,19 +121,44 @@ imports = []
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
 {{- end}}
 
-[grpc]
-  address = "{{.Address}}"
-
-[ttrpc]
-  address = "{{.TTRPCAddress}}"
-
-[debug]
-  level = "{{.LogLevel}}"
-
+{{template "sockets" .}}
 [plugins."io.containerd.shim.v1.manager"]
   socket_dir = "{{.SocketDir}}"
 
 # Keep everything of this daemon inside its own directory.
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{{.Base}}/opt"
+
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+`))
+
+// configTemplateV2 is configTemplate in containerd 1.x's format. Shim
+// sockets go to 1.x's fixed /run/containerd/s.
+var configTemplateV2 = template.Must(template.Must(socketsTemplate.Clone()).New("config-v2").Parse(`# containerd 1.x config of {{.Title}} (generated)
+version = 2
+root = "{{.Root}}"
+state = "{{.State}}"
+imports = []
+{{- if .CRI}}
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{{.SandboxImage}}"
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = {{.SystemdCgroup}}
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{{.Base}}/cni/bin"
+    conf_dir = "{{.Base}}/cni/conf"
+{{- else}}
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{{- end}}
+
+{{template "sockets" .}}
 [plugins."io.containerd.internal.v1.opt"]
   path = "{{.Base}}/opt"
 
@@ -137,7 +179,10 @@ func baseDir() string {
 // Start starts containerd and waits until it serves. A non-nil result
 // needs Stop and Remove even when err is set.
 func Start(ctx context.Context, o Options) (*Containerd, error) {
-	c := &Containerd{toolsBin: o.ToolsBin, clientOpts: o.ClientOpts, exited: make(chan struct{})}
+	c := &Containerd{toolsBin: o.ToolsBin, binary: o.Containerd, clientOpts: o.ClientOpts, exited: make(chan struct{})}
+	if c.binary == "" {
+		c.binary = filepath.Join(o.ToolsBin, "containerd")
+	}
 	for _, d := range []string{"/run/containerd", RuncRoot, "/run/containerd/s"} {
 		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
 			c.createdDirs = append(c.createdDirs, d)
@@ -185,7 +230,11 @@ func Start(ctx context.Context, o Options) (*Containerd, error) {
 		params["SandboxImage"] = o.CRI.SandboxImage
 		params["SystemdCgroup"] = o.CRI.SystemdCgroup
 	}
-	if err := configTemplate.Execute(&buf, params); err != nil {
+	tmpl := configTemplate
+	if o.ConfigVersion == 2 {
+		tmpl = configTemplateV2
+	}
+	if err := tmpl.Execute(&buf, params); err != nil {
 		return c, err
 	}
 	if err := os.WriteFile(c.ConfigPath, buf.Bytes(), 0o644); err != nil {
@@ -210,7 +259,7 @@ func (c *Containerd) run(ctx context.Context) error {
 		return err
 	}
 	c.logFile = f
-	cmd := exec.Command(filepath.Join(c.toolsBin, "containerd"), "--config", c.ConfigPath)
+	cmd := exec.Command(c.binary, "--config", c.ConfigPath)
 	// containerd also looks for ./containerd-shim-runc-v2: run it where none is.
 	cmd.Dir = c.Base
 	cmd.Env = c.Environ()

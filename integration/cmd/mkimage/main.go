@@ -78,15 +78,16 @@ func main() {
 		busybox = flag.String("busybox", "/bin/busybox", "static busybox binary to put in /bin")
 		name    = flag.String("name", "docker.io/library/busybox:latest", "full image name recorded in index.json")
 		out     = flag.String("out", "busybox.tar", "output OCI image-layout tarball")
+		cmd     = flag.String("cmd", "sh", "the image's command, words separated by spaces (a pause image: \"sleep 2147483647\")")
 	)
 	flag.Parse()
-	if err := run(*busybox, *name, *out); err != nil {
+	if err := run(*busybox, *name, *out, strings.Fields(*cmd)); err != nil {
 		fmt.Fprintln(os.Stderr, "mkimage:", err)
 		os.Exit(1)
 	}
 }
 
-func run(busybox, name, out string) error {
+func run(busybox, name, out string, cmd []string) error {
 	tag := name[strings.LastIndex(name, ":")+1:]
 	if !strings.Contains(name, ":") || strings.Contains(tag, "/") {
 		return fmt.Errorf("image name %q must end in :<tag>", name)
@@ -116,7 +117,7 @@ func run(busybox, name, out string) error {
 		"os":           "linux",
 		"config": map[string]any{
 			"Env": []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			"Cmd": []string{"sh"},
+			"Cmd": cmd,
 		},
 		"rootfs": map[string]any{
 			"type":     "layers",
