@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
@@ -115,7 +116,35 @@ func TestRemoveDeadSocketFromAddressFile(t *testing.T) {
 	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("dead socket still there: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, addressFile+".tmp")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("the address file's temporary is left: %v", err)
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("want only the address file left, found %v", ents)
+	}
+}
+
+// Start actions of one group write the address file at once.
+func TestWriteAddressConcurrently(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, addressFile)
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- writeAddress(path, "unix:///run/s/x")
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if data, err := os.ReadFile(path); err != nil || string(data) != "unix:///run/s/x" {
+		t.Fatalf("address file %q, %v", data, err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("want only the address file left, found %v", ents)
 	}
 }

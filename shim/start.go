@@ -233,14 +233,22 @@ func runStart(f flags, stdin io.Reader, stdout io.Writer) error {
 // addressFile, in the bundle, holds the shim's socket address.
 const addressFile = "address"
 
-// writeAddress writes path atomically: containerd may read it at any time.
+// writeAddress writes path atomically: containerd may read it at any time,
+// and several start actions of one group may write it at once (each
+// through a temporary file of its own).
 func writeAddress(path, address string) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(address), 0o600); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
 		return fmt.Errorf("write the address file: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	_, werr := f.WriteString(address)
+	cerr := f.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("write the address file: %w", err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		os.Remove(f.Name())
 		return fmt.Errorf("write the address file: %w", err)
 	}
 	return nil
