@@ -231,6 +231,42 @@ func (p *criPod) remove(t *testing.T, te *testEnv) {
 		t.Fatalf("remove pod: %v", err)
 	}
 	p.removed = true
+	p.checkRemoved(t, te)
+}
+
+// removeRetrying is remove as kubelet does it after the pod's shim died:
+// containerd cleans up after a dead shim in the background, and until it
+// has, deleting the sandbox's task fails (ttrpc: closed); kubelet retries.
+func (p *criPod) removeRetrying(t *testing.T, te *testEnv, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for try := 1; ; try++ {
+		if try > 1 {
+			t.Logf("remove pod: try %d", try)
+		}
+		_, err := p.e.rt.StopPodSandbox(te.ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id})
+		if err == nil {
+			_, err = p.e.rt.RemovePodSandbox(te.ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id})
+		}
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("remove pod, retried for %s: %v", timeout, err)
+		}
+		select {
+		case <-te.ctx.Done():
+			t.Fatalf("remove pod: %v", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	p.removed = true
+	p.checkRemoved(t, te)
+}
+
+// checkRemoved checks that a removed pod's scopes and shim are gone.
+func (p *criPod) checkRemoved(t *testing.T, te *testEnv) {
+	t.Helper()
 	if te.h.systemd() {
 		// systemd removes a scope once its processes are gone.
 		for _, id := range append([]string{p.id}, p.started...) {
@@ -533,7 +569,7 @@ func TestCRIShimKilledDuringOOMStorm(t *testing.T) {
 			t.Errorf("container %s (pid %d) still runs: %v", ids[i], pid, err)
 		}
 	}
-	pod.remove(t, te)
+	pod.removeRetrying(t, te, time.Minute)
 	runcIDs, err := testkit.RuncContainers(te.h.s.runc(), filepath.Join(testkit.RuncRoot, criNamespace))
 	if err != nil {
 		t.Fatal(err)
