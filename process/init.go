@@ -25,6 +25,10 @@ type InitConfig struct {
 	Rootfs  []*types.Mount
 	Stdio   Stdio
 	Runtime runc.Config
+	// Checkpoint, when set, is a criu image to restore the container
+	// from (at Start, with `runc restore`) instead of `runc create`;
+	// ParentCheckpoint a pre-dump it builds on.
+	Checkpoint, ParentCheckpoint string
 }
 
 // Init is a container's init process: runc create, start, kill, delete.
@@ -34,7 +38,11 @@ type Init struct {
 	mounts  []*types.Mount
 	config  runc.Config
 	runtime *gorunc.Runc
-	cgroup  *runc.Cgroup // set by Create
+	cgroup  *runc.Cgroup // set by Create (by Start when restoring)
+	// restore is the pending `runc restore` of a container created from
+	// a checkpoint; Start runs it.
+	restore                      *gorunc.RestoreOpts
+	checkpoint, parentCheckpoint string
 	// freeze: one Pause or Resume at a time, none while an exec is being
 	// started (they hold it shared: runc refuses an exec into a frozen
 	// container).
@@ -49,6 +57,9 @@ func NewInit(c InitConfig) *Init {
 		mounts:  c.Rootfs,
 		config:  c.Runtime,
 		runtime: c.Runtime.Runtime(c.Bundle),
+
+		checkpoint:       c.Checkpoint,
+		parentCheckpoint: c.ParentCheckpoint,
 	}
 }
 
@@ -99,6 +110,10 @@ func (p *Init) Create(ctx context.Context) (retErr error) {
 	}
 	if socket := io.ConsoleSocket(); socket != nil {
 		opts.ConsoleSocket = socket
+	}
+	if p.checkpoint != "" {
+		p.prepareRestore(io, opts)
+		return nil
 	}
 	if err := p.runtime.Create(ctx, p.id, p.bundle, opts); err != nil {
 		p.forceDelete(ctx)
@@ -151,6 +166,9 @@ func (p *Init) Start(ctx context.Context) error {
 		return err
 	}
 	defer p.endStart()
+	if p.restore != nil {
+		return p.runRestore(ctx)
+	}
 	if err := p.runtime.Start(ctx, p.id); err != nil {
 		// Killed while created (a Kill racing this Start): runc finds it
 		// stopped. That is a stopped container's Start: FailedPrecondition,

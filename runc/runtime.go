@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/containerd/containerd/api/types/runc/options"
 	gorunc "github.com/containerd/go-runc"
@@ -42,6 +43,9 @@ type Config struct {
 	NoNewKeyring  bool
 	IoUID, IoGID  int
 	Namespace     string
+	// CriuImagePath and CriuWorkPath are the runtime options' defaults
+	// for checkpoint images and criu's work files.
+	CriuImagePath, CriuWorkPath string
 }
 
 // NewConfig resolves runtime options for namespace; opts may be nil.
@@ -61,6 +65,8 @@ func NewConfig(opts *options.Options, namespace string) Config {
 	c.NoNewKeyring = opts.NoNewKeyring
 	c.IoUID = int(opts.IoUid)
 	c.IoGID = int(opts.IoGid)
+	c.CriuImagePath = opts.CriuImagePath
+	c.CriuWorkPath = opts.CriuWorkPath
 	return c
 }
 
@@ -129,10 +135,11 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
+	// go-runc's error ends with runc's output, newline included.
 	if e.Msg == "" {
-		return fmt.Sprintf("runc %s: %v", e.Op, e.Err)
+		return strings.TrimSpace(fmt.Sprintf("runc %s: %v", e.Op, e.Err))
 	}
-	return fmt.Sprintf("runc %s: %s: %v", e.Op, e.Msg, e.Err)
+	return strings.TrimSpace(fmt.Sprintf("runc %s: %s: %v", e.Op, e.Msg, e.Err))
 }
 
 func (e *Error) Unwrap() error { return e.Err }

@@ -154,6 +154,21 @@ type fakeInit struct {
 	bundle   string
 	updates  []*specs.LinuxResources // what Update was given
 	killAlls chan struct{}           // gets one value per KillAll, if set
+	// checkpoints records what Checkpoint was given; onCheckpoint, if
+	// set, runs inside it (e.g. to reap the init as criu ends it).
+	checkpoints  []process.CheckpointConfig
+	onCheckpoint func()
+}
+
+func (f *fakeInit) Checkpoint(ctx context.Context, c process.CheckpointConfig) error {
+	f.mu.Lock()
+	f.checkpoints = append(f.checkpoints, c)
+	hook := f.onCheckpoint
+	f.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	return nil
 }
 
 func (f *fakeInit) Bundle() string                   { return f.bundle }

@@ -66,6 +66,7 @@ type initProcess interface {
 	Pause(ctx context.Context) error
 	Resume(ctx context.Context) error
 	Delete(ctx context.Context) error
+	Checkpoint(ctx context.Context, c process.CheckpointConfig) error
 }
 
 // execProcess is an exec process (*process.Exec).
@@ -247,8 +248,8 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 			s.mu.Unlock()
 		}
 	}()
-	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
-		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
+	if r.Checkpoint == "" && r.ParentCheckpoint != "" {
+		return nil, fmt.Errorf("a parent checkpoint without a checkpoint to restore: %w", errdefs.ErrInvalidArgument)
 	}
 	bundle, err := checkBundle(r.Bundle)
 	if err != nil {
@@ -272,6 +273,9 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		Rootfs:  r.Rootfs,
 		Stdio:   process.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		Runtime: cfg,
+
+		Checkpoint:       r.Checkpoint,
+		ParentCheckpoint: r.ParentCheckpoint,
 	})
 	c := &container{init: init, execs: make(map[string]execProcess), sharedPID: bundle.sharedPID}
 
@@ -313,18 +317,26 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (_ *taskap
 		return nil, err
 	}
 	if e == nil {
+		// A container created from a checkpoint has no process until
+		// Start restores it: its pid is learned here, and its exit waits
+		// in the start window like any other.
 		pid := c.init.Pid()
+		restoring := pid == 0
 		held := s.beginStart(pid)
 		err := c.init.Start(ctx)
 		var announce func()
 		if err == nil {
+			pid = c.init.Pid()
 			announce = func() {
 				s.queue(ctx, "/tasks/start", &eventstypes.TaskStart{ContainerID: r.ID, Pid: uint32(pid)})
+				if restoring {
+					s.watchLocked(ctx, c)
+				}
 			}
 		}
 		run := &running{c: c, p: c.init}
-		if !held {
-			run = nil // a concurrent Start's window has the pid
+		if (!held && !restoring) || (restoring && err != nil) {
+			run = nil // a concurrent Start's window has the pid, or there is none
 		}
 		s.endStart(run, announce)
 		if err != nil {

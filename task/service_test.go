@@ -405,10 +405,10 @@ func TestErrorCodes(t *testing.T) {
 			_, err := h.svc.Exec(ctx, &taskapi.ExecProcessRequest{ID: "c1", ExecID: "e"})
 			return err
 		}, errdefs.IsInvalidArgument},
-		{"checkpoint", func() error {
-			_, err := h.svc.Checkpoint(ctx, &taskapi.CheckpointTaskRequest{ID: "c1"})
+		{"checkpoint of an unknown container", func() error {
+			_, err := h.svc.Checkpoint(ctx, &taskapi.CheckpointTaskRequest{ID: "nope", Path: "/image"})
 			return err
-		}, errdefs.IsNotImplemented},
+		}, errdefs.IsNotFound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.call()

@@ -111,11 +111,6 @@ func (s *Service) setFrozen(ctx context.Context, id string, frozen bool) (_ *emp
 	return &emptypb.Empty{}, nil
 }
 
-// Checkpoint is not served yet.
-func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskRequest) (*emptypb.Empty, error) {
-	return nil, toGRPC(fmt.Errorf("checkpoint: %w", errdefs.ErrNotImplemented))
-}
-
 // Update sets the container's cgroup resources (`runc update`), as CRI's
 // UpdateContainerResources asks for kubelet's CPU manager and in-place pod
 // resize. An exited container answers NotFound, which CRI takes as "task

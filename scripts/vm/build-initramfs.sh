@@ -8,7 +8,9 @@
 # /dev/console, the kernel modules the guest needs with their dependencies
 # (overlay for containerd's snapshotter; virtio_pci and 9p for the results
 # share) in load order, and under /oomshim the shim, static containerd, ctr
-# and runc, the integration test binary and the test image.
+# and runc, containerd's own shim (under ref/), the integration test binary
+# and the test image; criu and
+# iptables (xtables-nft-multi) with their libraries for the checkpoint tests.
 #
 # Inputs come from the environment (run by test-cgroup2.sh):
 #   SHIM_BINARY, TEST_IMAGE_TAR, VM_KERNEL (lib.sh), BUSYBOX (/bin/busybox)
@@ -35,19 +37,35 @@ MODULES=(overlay virtio_pci 9pnet_virtio 9p crc32c_generic ext4 loop)
 CRITEST_MODULES=(veth bridge br_netfilter nf_tables nft_compat nft_chain_nat nft_masq
 	xt_comment xt_mark xt_multiport xt_addrtype xt_conntrack xt_nat xt_MASQUERADE)
 CRITEST_DIR="${TOOLS_DIR:-$ROOT/.tools}/critest"
-[[ "$VM_SUITE" == critest ]] && MODULES+=("${CRITEST_MODULES[@]}")
+# criu (checkpoint/restore tests): its socket diag modules (a container's network
+# namespace is dumped only when criu can list every socket family in it: without
+# af_packet_diag the dump fails with no error line), the veth and tun
+# pairs and nftables that `criu check` probes, xt_mark for its network lock,
+# conntrack's netlink for the namespace's connection table (without it the
+# dump fails with "-22 reported by netlink").
+CRIU_MODULES=(unix_diag inet_diag tcp_diag udp_diag raw_diag netlink_diag af_packet_diag veth tun nfnetlink
+	nf_tables nft_compat xt_mark nf_conntrack_netlink)
+CRIU="${CRIU:-/usr/sbin/criu}"
+if [[ "$VM_SUITE" == critest ]]; then
+	MODULES+=("${CRITEST_MODULES[@]}")
+else
+	MODULES+=("${CRIU_MODULES[@]}")
+fi
 
 log() { printf '[vm/build-initramfs] %s\n' "$*" >&2; }
 
 [[ $(id -u) -eq 0 ]] || { log "needs root (mknod /dev/console in the archive)"; exit 1; }
 need=("$SHIM_BINARY" "$TEST_IMAGE_TAR" "$BUSYBOX" "$VM_DIR/integration.test"
-	"$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc" /usr/sbin/mkfs.ext4)
+	"$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc" /usr/sbin/mkfs.ext4
+	/usr/sbin/xtables-nft-multi)
 if [[ "$VM_SUITE" == critest ]]; then
 	# What scripts/critest/install.sh made, and the host programs the lane
 	# runs (dynamically linked: they come with their libraries).
 	need+=("$CRITEST_DIR/bin/critest" "$CRITEST_DIR/bin/runc" "$CRITEST_DIR/bin/criregistry"
 		"$CRITEST_DIR/bin/ginkgoreport" "$CRITEST_DIR/images/index.json"
-		/usr/bin/bash /usr/sbin/xtables-nft-multi /usr/bin/ipcmk)
+		/usr/bin/bash /usr/bin/ipcmk)
+else
+	need+=("$CRIU" /usr/bin/tar /usr/bin/ip "$VM_DIR/bin/ref/containerd-shim-runc-v2")
 fi
 for f in "${need[@]}"; do
 	[[ -f "$f" ]] || { log "missing input $f"; exit 1; }
@@ -146,18 +164,31 @@ copy_with_libs() {
 }
 
 copy_with_libs "$(readlink -f /usr/sbin/mkfs.ext4)" /bin/mkfs.ext4
+# iptables: critest's portmap, and criu's network lock (iptables-restore).
+copy_with_libs /usr/sbin/xtables-nft-multi /bin/xtables-nft-multi
+for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+	ln -sf xtables-nft-multi "$stage/bin/$t"
+done
+# iptables loads its matches and targets at run time (ldd does not see them).
+xt=/usr/lib/x86_64-linux-gnu/xtables
+for so in "$xt"/*.so; do
+	copy_with_libs "$so" "$so"
+done
+if [[ "$VM_SUITE" != critest ]]; then
+	install -D -m 0755 "$VM_DIR/bin/ref/containerd-shim-runc-v2" "$stage/oomshim/ref/containerd-shim-runc-v2"
+	copy_with_libs "$CRIU" /bin/criu
+	# criu saves a container's tmpfs mounts with GNU tar's long options
+	# (busybox's tar has none of them).
+	rm -f "$stage/bin/tar"
+	copy_with_libs "$(readlink -f /usr/bin/tar)" /bin/tar
+	# ... and a network namespace's addresses and routes with iproute2's
+	# `ip addr save` / `ip route save` (busybox's ip has no save).
+	rm -f "$stage/bin/ip"
+	copy_with_libs "$(readlink -f /usr/bin/ip)" /bin/ip
+fi
 if [[ "$VM_SUITE" == critest ]]; then
 	copy_with_libs /usr/bin/bash /bin/bash
 	copy_with_libs /usr/bin/ipcmk /bin/ipcmk
-	copy_with_libs /usr/sbin/xtables-nft-multi /bin/xtables-nft-multi
-	for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
-		ln -sf xtables-nft-multi "$stage/bin/$t"
-	done
-	# iptables loads its matches and targets at run time (ldd does not see them).
-	xt=/usr/lib/x86_64-linux-gnu/xtables
-	for so in "$xt"/*.so; do
-		copy_with_libs "$so" "$so"
-	done
 	mkdir -p "$stage/oomshim/tools/bin" "$stage/oomshim/scripts/critest"
 	ln -s /oomshim/bin/containerd "$stage/oomshim/tools/bin/containerd"
 	install -m 0755 "$ROOT/scripts/critest/run.sh" "$stage/oomshim/scripts/critest/run.sh"

@@ -5,6 +5,9 @@
 #
 #   $VM_DIR/bin/containerd, ctr   CGO_ENABLED=0 (containerd needs no cgo)
 #   $VM_DIR/bin/runc              cgo (runc's nsenter is C), linked -static
+#   $VM_DIR/bin/ref/containerd-shim-runc-v2  containerd's own shim, the same
+#                                 version, CGO_ENABLED=0 (the cross-shim
+#                                 checkpoint test)
 #   $VM_DIR/integration.test      go test -c of integration/, CGO_ENABLED=0
 #
 # Idempotent: a tool is rebuilt only when it is missing, dynamically linked,
@@ -70,7 +73,17 @@ else
 	go_install CGO_ENABLED=1 -- -tags netgo,osusergo -ldflags '-s -w -extldflags -static' "$RUNC_MOD@$RUNC_VERSION"
 fi
 
-for name in containerd ctr runc; do
+REF="$BIN/ref/containerd-shim-runc-v2"
+if is_static_version "$REF" "$CONTAINERD_MOD" "$CONTAINERD_VERSION"; then
+	log "static reference shim $CONTAINERD_VERSION: up to date"
+else
+	mkdir -p "$BIN/ref"
+	log "go install $CONTAINERD_MOD/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION (reference shim)"
+	(cd / && CGO_ENABLED=0 GOBIN="$BIN/ref" GOFLAGS="${GOFLAGS:-} -buildvcs=false" go install -trimpath -ldflags '-s -w' \
+		"$CONTAINERD_MOD/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION")
+fi
+
+for name in containerd ctr runc ref/containerd-shim-runc-v2; do
 	if ldd "$BIN/$name" >/dev/null 2>&1; then
 		log "$BIN/$name is dynamically linked; the VM has no libc"
 		exit 1

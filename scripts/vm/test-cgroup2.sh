@@ -3,7 +3,9 @@
 # integration suite inside a qemu VM booting Debian's kernel with only the
 # unified hierarchy, whatever the host's cgroup setup.
 #
-#   1. Debian packages qemu-system-x86 and linux-image-amd64 (installed only
+#   1. Debian packages qemu-system-x86, linux-image-amd64, criu, iptables,
+#      iproute2 and tar
+#      (the last four go into the guest; installed only
 #      when dpkg says they are missing)
 #   2. build-tools.sh       static containerd, ctr, runc; integration.test
 #   3. build-initramfs.sh   the guest's initramfs (cached by input hash)
@@ -18,7 +20,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$HERE/lib.sh"
 . "$HERE/../lib.sh"
 
-DEBIAN_PACKAGES=(qemu-system-x86 linux-image-amd64)
+# criu and iptables go into the guest (the checkpoint tests).
+DEBIAN_PACKAGES=(qemu-system-x86 linux-image-amd64 criu iptables iproute2 tar)
 
 log() { printf '[vm] %s\n' "$*" >&2; }
 
