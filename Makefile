@@ -138,9 +138,11 @@ stress: build image
 # Our shim against the reference (containerd v2.4.2's containerd-shim-runc-v2,
 # installed into .tools/bin/ref by `make tools`) on one private containerd,
 # alternating sample by sample. Prints one markdown table and writes it, with
-# the command, date and machine, to bench/RESULTS.md. Needs root; about two
-# minutes. Never part of `make test`; it prints figures and asserts none.
+# the command, date and machine, to bench/RESULTS.md. Needs root; about 20
+# minutes (most of it the pods' exec probes: 250 per pod at 20 and at 110
+# pods). Never part of `make test`; it prints figures and asserts none.
 #   make bench BENCH_FLAGS=-quick        smoke test of the benchmark itself
+#   make bench BENCH_FLAGS='-steps pods -pods 20' BENCH_OUT=/tmp/r.md   one step, for profiling
 #   make bench BENCH_OUT=/tmp/r.md       leave bench/RESULTS.md alone
 BENCH_BIN   := $(BIN)/bench
 BENCH_OUT   ?= $(ROOT)/bench/RESULTS.md

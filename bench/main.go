@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -48,6 +49,15 @@ type config struct {
 	parallelRuns int // rounds per shim
 	ooms         int // OOM runs per shim
 
+	lifecycles     int // container lifecycles per shim for shim CPU
+	podCounts      []int
+	podExecs       int             // exec round trips per pod
+	podConcurrency int             // execs in flight during the pod probes
+	statsCalls     int             // Stats calls per pod, at the largest pod count
+	storms         int             // OOM storms per shim
+	stormSize      int             // containers per storm
+	steps          map[string]bool // the steps to run; nil: all
+
 	soakMode bool // run the soak instead of the benchmarks
 	soak     soakCfg
 }
@@ -73,6 +83,14 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.parallel, "parallel", 50, "containers started concurrently per round")
 	fs.IntVar(&c.parallelRuns, "parallel-rounds", 6, "parallel-start rounds per shim")
 	fs.IntVar(&c.ooms, "ooms", 40, "OOM runs per shim")
+	fs.IntVar(&c.lifecycles, "lifecycles", 50, "container lifecycles per shim whose shim CPU is summed")
+	pods := fs.String("pods", "20,110", "pod counts per shim binary for memory per pod (the last also gets the Stats calls)")
+	fs.IntVar(&c.podExecs, "pod-execs", 250, "exec round trips per pod (exec probes)")
+	fs.IntVar(&c.podConcurrency, "pod-concurrency", 4, "execs in flight during the pod probes")
+	fs.IntVar(&c.statsCalls, "stats-calls", 100, "Stats calls per pod at the largest pod count")
+	fs.IntVar(&c.storms, "storms", 3, "OOM storms per shim")
+	fs.IntVar(&c.stormSize, "storm-size", 50, "containers OOM-killed at once in one pod shim")
+	steps := fs.String("steps", "", "only these steps, comma-separated ("+strings.Join(stepNames, ", ")+"); default all (for profiling: the results file is then partial)")
 	fs.BoolVar(&c.soakMode, "soak", false, "run the soak (exec probes and container restarts in pod shims) instead of the benchmarks")
 	fs.IntVar(&c.soak.pods, "soak-pods", 10, "soak: pods (shims) per shim binary")
 	fs.IntVar(&c.soak.execs, "soak-execs", 2000, "soak: measured execs per pod")
@@ -82,8 +100,26 @@ func parseFlags(args []string) (config, error) {
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
+	for _, f := range strings.Split(*pods, ",") {
+		var n int
+		if _, err := fmt.Sscan(strings.TrimSpace(f), &n); err != nil || n < 1 {
+			return c, fmt.Errorf("-pods %q: want positive counts separated by commas", *pods)
+		}
+		c.podCounts = append(c.podCounts, n)
+	}
+	if *steps != "" {
+		c.steps = map[string]bool{}
+		for _, st := range strings.Split(*steps, ",") {
+			st = strings.TrimSpace(st)
+			if !slices.Contains(stepNames, st) {
+				return c, fmt.Errorf("-steps: unknown step %q (want %s)", st, strings.Join(stepNames, ", "))
+			}
+			c.steps[st] = true
+		}
+	}
 	if *quick {
 		c.warmups, c.roundTrips, c.execs, c.idle, c.parallel, c.parallelRuns, c.ooms = 1, 3, 3, 3, 5, 1, 2
+		c.lifecycles, c.podCounts, c.podExecs, c.statsCalls, c.storms, c.stormSize = 3, []int{2, 3}, 3, 3, 1, 4
 		c.idleWindow = 2 * time.Second
 		c.soak.pods, c.soak.execs, c.soak.restarts, c.soak.warmup = 2, 20, 2, 5
 	}

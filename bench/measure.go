@@ -59,9 +59,22 @@ type results struct {
 	oomMissing, oomRuns   [2]int       // runs without a TaskOOM; all runs
 	oomLostEvents         [2]int       // runs without TaskStart or TaskExit
 	oomBadStatus          [2]int       // exit status other than 137
+
+	// Shim CPU per container lifecycle, summed: the server's own threads,
+	// and the start action's (containerd's cutime+cstime).
+	lifeServer, lifeStart [2]time.Duration
+	lifeRuns              [2]int
+
+	pods []*podPhase // per pod count
+
+	stormDelay                                    [2][]float64 // ms, kill -> TaskOOM arrival
+	stormMisordered, stormNoKill, stormContainers [2]int
 }
 
 func (e *env) shims() [2]shim { return [2]shim{e.cfg.ours, e.cfg.ref} }
+
+// stepNames are runAll's steps, in order.
+var stepNames = []string{"sizes", "idle", "roundtrips", "execs", "parallel", "oom", "lifecycle", "pods", "storm"}
 
 // runAll runs every benchmark once.
 func (e *env) runAll(ctx context.Context) (*results, error) {
@@ -71,14 +84,20 @@ func (e *env) runAll(ctx context.Context) (*results, error) {
 		name string
 		run  func(context.Context, *results) error
 	}{
-		{"binary sizes", e.sizes},
-		{"idle memory and wakeups", e.idle},
-		{"round trips", e.roundTrips},
-		{"exec round trips", e.execs},
-		{"parallel starts", e.parallelStarts},
-		{"OOM reporting", e.ooms},
+		{"sizes", e.sizes},
+		{"idle", e.idle},
+		{"roundtrips", e.roundTrips},
+		{"execs", e.execs},
+		{"parallel", e.parallelStarts},
+		{"oom", e.ooms},
+		{"lifecycle", e.lifecycleCPU},
+		{"pods", e.podPhases},
+		{"storm", e.oomStorms},
 	}
 	for _, s := range steps {
+		if e.cfg.steps != nil && !e.cfg.steps[s.name] {
+			continue
+		}
 		t0 := time.Now()
 		progress("%s ...", s.name)
 		if err := s.run(ctx, r); err != nil {
@@ -88,6 +107,20 @@ func (e *env) runAll(ctx context.Context) (*results, error) {
 	}
 	r.took = time.Since(r.started)
 	return r, nil
+}
+
+// podPhases runs the pod phase at each pod count; the last one also gets
+// the Stats calls.
+func (e *env) podPhases(ctx context.Context, r *results) error {
+	for i, n := range e.cfg.podCounts {
+		ph, err := e.podMemory(ctx, n, i == len(e.cfg.podCounts)-1)
+		if err != nil {
+			return fmt.Errorf("%d pods: %w", n, err)
+		}
+		r.pods = append(r.pods, ph)
+		e.waitShimsGone(ctx, time.Minute)
+	}
+	return nil
 }
 
 func toolVersions(cfg config) string {

@@ -29,6 +29,10 @@ const (
 type taskTimes struct {
 	start, oom, exit time.Time
 	marker           bool
+	// When the TaskOOM and the init's TaskExit reached this subscriber,
+	// and their places in the order events arrived.
+	oomArrived, exitArrived time.Time
+	oomSeq, exitSeq         int
 }
 
 // eventLog records the envelope timestamps of the run's task events.
@@ -36,6 +40,7 @@ type eventLog struct {
 	mu      sync.Mutex
 	byID    map[string]*taskTimes
 	markers int
+	seq     int // events received
 	changed chan struct{}
 	err     error
 }
@@ -83,9 +88,11 @@ func (l *eventLog) loop(ch <-chan *events.Envelope, errs <-chan error) {
 }
 
 func (l *eventLog) add(env *events.Envelope) {
+	arrived := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	defer l.notify()
+	l.seq++
 	if env.Topic == markerTopic {
 		l.markers++
 		return
@@ -107,11 +114,12 @@ func (l *eventLog) add(env *events.Envelope) {
 		at(ev.ContainerID).start = env.Timestamp
 	case *eventstypes.TaskOOM:
 		if t := at(ev.ContainerID); t.oom.IsZero() {
-			t.oom = env.Timestamp
+			t.oom, t.oomArrived, t.oomSeq = env.Timestamp, arrived, l.seq
 		}
 	case *eventstypes.TaskExit:
 		if ev.ID == ev.ContainerID || ev.ID == "" { // the init, not an exec
-			at(ev.ContainerID).exit = env.Timestamp
+			t := at(ev.ContainerID)
+			t.exit, t.exitArrived, t.exitSeq = env.Timestamp, arrived, l.seq
 		}
 	}
 }

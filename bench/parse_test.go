@@ -3,6 +3,7 @@ package main
 import (
 	"math"
 	"testing"
+	"time"
 )
 
 func TestStatusField(t *testing.T) {
@@ -86,6 +87,21 @@ func TestGoroutineDumpCount(t *testing.T) {
 		}
 		if n := len(goroutineHead.FindAllStringIndex(line, -1)); n != 3 {
 			t.Fatalf("%d goroutines in %q, want 3", n, line)
+		}
+	}
+}
+
+func TestParseKmsg(t *testing.T) {
+	stamp, msg, ok := parseKmsg("3,1234,5678901,-;Memory cgroup out of memory: Killed process 4242 (dd) total-vm:206000kB\n SUBSYSTEM=memory\n")
+	if !ok || stamp != 5678901*time.Microsecond || msg != "Memory cgroup out of memory: Killed process 4242 (dd) total-vm:206000kB" {
+		t.Fatalf("got %v %q %v", stamp, msg, ok)
+	}
+	if m := killedRE.FindStringSubmatch(msg); m == nil || m[1] != "4242" {
+		t.Fatalf("kill record not matched: %v", m)
+	}
+	for _, bad := range []string{"", "no separator", "3,1;x", "3,1,notanumber,-;x"} {
+		if _, _, ok := parseKmsg(bad); ok {
+			t.Errorf("%q parsed", bad)
 		}
 	}
 }

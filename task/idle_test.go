@@ -96,3 +96,48 @@ func TestNoIdleExitWhileRequested(t *testing.T) {
 		t.Fatal("exited right after a request")
 	}
 }
+
+// TestMemoryReleaseAfterBurst: the end of a request arms one memory
+// release; it does not happen while a request is in flight, happens once
+// after the last one ends, and not again while idle.
+func TestMemoryReleaseAfterBurst(t *testing.T) {
+	h := newHarness(t, nil)
+	released := make(chan struct{}, 10)
+	h.svc.idleMu.Lock()
+	h.svc.idle.releaseAfter = 50 * time.Millisecond
+	h.svc.idle.freeMemory = func() { released <- struct{}{} }
+	h.svc.idleMu.Unlock()
+	request := func(during func()) {
+		t.Helper()
+		if _, err := h.svc.Interceptor(context.Background(), func(interface{}) error { return nil },
+			&ttrpc.UnaryServerInfo{FullMethod: "/x/State"}, func(context.Context, func(interface{}) error) (interface{}, error) {
+				during()
+				return nil, nil
+			}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	request(func() {})
+	// A second request in flight well past the first one's release time:
+	// the timer fires meanwhile and must find the server busy.
+	request(func() {
+		select {
+		case <-released:
+			t.Error("released while a request was in flight")
+		case <-time.After(300 * time.Millisecond):
+		}
+	})
+	select {
+	case <-released:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no release after the last request")
+	}
+	select {
+	case <-released:
+		t.Fatal("released twice after one burst")
+	case <-time.After(300 * time.Millisecond):
+	}
+	h.svc.idleMu.Lock()
+	h.svc.idle.release.Stop()
+	h.svc.idleMu.Unlock()
+}
