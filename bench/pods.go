@@ -107,28 +107,13 @@ func (e *env) podMemory(ctx context.Context, n int, stats bool) (*podPhase, erro
 			p.pid = pid
 		}
 	}
-	read := func(into *[2][]memReading) error {
-		if err := sleepCtx(ctx, 3*time.Second); err != nil {
-			return err
-		}
-		for s := range shims {
-			for _, p := range pods[s] {
-				m, err := readMem(p.pid)
-				if err != nil {
-					return err
-				}
-				into[s] = append(into[s], m)
-			}
-		}
-		return nil
-	}
-	if err := read(&ph.idle); err != nil {
+	if err := settleAndRead(ctx, pods, &ph.idle); err != nil {
 		return nil, err
 	}
 	if err := e.probePods(ctx, pods, ph.probesPerPod, ph.probeConcurrent); err != nil {
 		return nil, err
 	}
-	if err := read(&ph.probed); err != nil {
+	if err := settleAndRead(ctx, pods, &ph.probed); err != nil {
 		return nil, err
 	}
 	if stats {
@@ -220,6 +205,12 @@ func (e *env) statsCalls(ctx context.Context, pods [2][]*benchPod, ph *podPhase)
 			ph.statsCPU[s] = append(ph.statsCPU[s], ms(self-before[s][i])/float64(ph.statsCalls))
 		}
 	}
+	return settleAndRead(ctx, pods, &ph.afterStats)
+}
+
+// settleAndRead waits 3 s for the last requests' teardown, then reads
+// every pod shim's memory into into, per binary.
+func settleAndRead(ctx context.Context, pods [2][]*benchPod, into *[2][]memReading) error {
 	if err := sleepCtx(ctx, 3*time.Second); err != nil {
 		return err
 	}
@@ -229,7 +220,7 @@ func (e *env) statsCalls(ctx context.Context, pods [2][]*benchPod, ph *podPhase)
 			if err != nil {
 				return err
 			}
-			ph.afterStats[s] = append(ph.afterStats[s], m)
+			into[s] = append(into[s], m)
 		}
 	}
 	return nil
