@@ -23,7 +23,9 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -147,6 +149,27 @@ func (e *criEnv) waitExited(ctx context.Context, id string) (*runtimeapi.Contain
 		case <-ctx.Done():
 			return nil, fmt.Errorf("container %s still %s: %w", id, st.Status.State, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// waitInitialized waits until CRI answers again after a containerd
+// restart: containerd serves before CRI has recovered its pods and
+// containers, and until then every CRI call fails with Unavailable
+// ("server is not initialized yet"); kubelet retries them.
+func (e *criEnv) waitInitialized(ctx context.Context) (waited time.Duration, err error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		_, err := e.rt.Status(ctx, &runtimeapi.StatusRequest{})
+		if status.Code(err) != codes.Unavailable {
+			return time.Since(start), err
+		}
+		select {
+		case <-ctx.Done():
+			return time.Since(start), fmt.Errorf("CRI not initialized after a minute: %w", err)
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
@@ -508,7 +531,12 @@ func TestCRIOOMAcrossContainerdCrash(t *testing.T) {
 	if err := e.Restart(te.ctx, 0); err != nil {
 		t.Fatalf("restart containerd: %v", err)
 	}
-	codes := map[int32]int{}
+	waited, err := e.waitInitialized(te.ctx)
+	if err != nil {
+		t.Fatalf("CRI after the restart: %v", err)
+	}
+	t.Logf("CRI answered %v after containerd served", waited.Round(time.Millisecond))
+	exitCodes := map[int32]int{}
 	for i, id := range ids {
 		st, err := e.waitReason(te.ctx, id, "OOMKilled")
 		if err != nil {
@@ -520,9 +548,9 @@ func TestCRIOOMAcrossContainerdCrash(t *testing.T) {
 		if st.Reason != "OOMKilled" {
 			t.Errorf("container %d: reason %q, exit code %d; want OOMKilled", i, st.Reason, st.ExitCode)
 		}
-		codes[st.ExitCode]++
+		exitCodes[st.ExitCode]++
 	}
-	t.Logf("exit codes CRI reports after the crash: %v", codes)
+	t.Logf("exit codes CRI reports after the crash: %v", exitCodes)
 	pod.remove(t, te)
 }
 
