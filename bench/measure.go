@@ -68,6 +68,7 @@ type results struct {
 	pods []*podPhase // per pod count
 
 	stormDelay                                    [2][]float64 // ms, kill -> TaskOOM arrival
+	stormStamped                                  [2][]float64 // ms, kill -> TaskOOM's envelope timestamp
 	stormMisordered, stormNoKill, stormContainers [2]int
 }
 

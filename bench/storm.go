@@ -29,6 +29,7 @@ import (
 // stormResult is one storm of one shim binary.
 type stormResult struct {
 	delays     []float64 // ms, kill -> TaskOOM arrival, per container
+	stamped    []float64 // ms, kill -> the TaskOOM envelope's timestamp
 	misordered int
 	missing    int // no kill record found for the container's init
 }
@@ -47,6 +48,7 @@ func (e *env) oomStorms(ctx context.Context, r *results) error {
 				return fmt.Errorf("%s: %w", e.shims()[s].name, err)
 			}
 			r.stormDelay[s] = append(r.stormDelay[s], res.delays...)
+			r.stormStamped[s] = append(r.stormStamped[s], res.stamped...)
 			r.stormMisordered[s] += res.misordered
 			r.stormNoKill[s] += res.missing
 			r.stormContainers[s] += e.cfg.stormSize
@@ -170,6 +172,7 @@ func (e *env) oomStorm(ctx context.Context, l *eventLog, pod string, s int) (sto
 		}
 		if !t.oomArrived.IsZero() {
 			res.delays = append(res.delays, ms(t.oomArrived.Sub(offset.Add(mono))))
+			res.stamped = append(res.stamped, ms(t.oom.Sub(offset.Add(mono))))
 		}
 	}
 	return res, nil
