@@ -18,7 +18,7 @@ export SHIM_BINARY := $(SHIM)
 export TOOLS_BIN
 export TEST_IMAGE_TAR := $(IMAGE_TAR)
 
-.PHONY: all build install tools image test unit integration integration-race critest test-cgroup2 critest-cgroup2 test-systemd fuzz stress bench soak compat demo clean
+.PHONY: all build install tools image test unit integration integration-race critest test-cgroup2 critest-cgroup2 test-systemd fuzz stress bench bench-cgroup2 soak compat demo clean
 
 all: build
 
@@ -153,6 +153,22 @@ bench: build image
 	$(BENCH_BIN) -shim $(SHIM) -ref $(TOOLS_BIN)/ref/containerd-shim-runc-v2 \
 		-tools $(TOOLS_BIN) -image $(IMAGE_TAR) -out $(BENCH_OUT) \
 		-command 'make bench $(BENCH_FLAGS)' $(BENCH_FLAGS)
+
+# make bench-cgroup2: the benchmark inside the cgroup v2 VM (scripts/vm/ with
+# VM_SUITE=bench), ours against containerd's own shim (a static build of the
+# same version), for the figures whose mechanism differs between cgroup
+# versions: the OOM steps (on v2 both shims learn of a kill from
+# memory.events). Under TCG every time is several times the host's; the
+# ratios compare the two shims within one run. Writes
+# bench/RESULTS-cgroup2.md. Never part of `make test`.
+BENCH_CGROUP2_FLAGS   ?= -steps oom,storm
+BENCH_CGROUP2_OUT     ?= $(ROOT)/bench/RESULTS-cgroup2.md
+BENCH_CGROUP2_TIMEOUT ?= 2400
+
+bench-cgroup2: build image
+	VM_SUITE=bench BENCH_FLAGS='$(BENCH_CGROUP2_FLAGS)' VM_TIMEOUT=$(BENCH_CGROUP2_TIMEOUT) \
+		./scripts/vm/test-cgroup2.sh
+	cp $(ROOT)/.tools/vm/run/share/RESULTS.md $(BENCH_CGROUP2_OUT)
 
 # make soak: 10 pods per shim binary (ours, then the reference), each a
 # sandbox and a workload container in one shim, x 2,000 exec probes and 100

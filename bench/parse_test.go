@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"slices"
 	"testing"
 	"time"
 )
@@ -102,6 +103,19 @@ func TestParseKmsg(t *testing.T) {
 	for _, bad := range []string{"", "no separator", "3,1;x", "3,1,notanumber,-;x"} {
 		if _, _, ok := parseKmsg(bad); ok {
 			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+// Every figure of the report belongs to a step -steps can name, so a
+// partial run leaves out exactly the figures it did not take.
+func TestFigureSteps(t *testing.T) {
+	r := &results{pods: []*podPhase{{n: 1, statsCalls: 1}}, lifeRuns: [2]int{1, 1},
+		stormDelay: [2][]float64{{1}, {1}}}
+	for _, rw := range r.rows(config{}) {
+		st, ok := figureStep[rw.num]
+		if !ok || !slices.Contains(stepNames, st) {
+			t.Errorf("figure %s (%s): step %q is not one of %v", rw.num, rw.figure, st, stepNames)
 		}
 	}
 }

@@ -207,6 +207,12 @@ func fmtRatio(x float64) string {
 	return fmt.Sprintf("%.2fx", x)
 }
 
+// figureStep names the step (-steps) that takes each numbered figure.
+var figureStep = map[string]string{
+	"1": "idle", "2": "roundtrips", "3": "parallel", "4": "oom", "5": "sizes", "6": "idle",
+	"7": "execs", "8": "pods", "9": "lifecycle", "10": "pods", "11": "storm",
+}
+
 // markdown renders the results file: command, date, machine, the table, the
 // spread of the timed figures and how each figure is taken.
 func (r *results) markdown(cfg config) string {
@@ -223,6 +229,9 @@ func (r *results) markdown(cfg config) string {
 	p("| # | figure | ours | reference | ours / ref | goal | |\n")
 	p("| --- | --- | ---: | ---: | ---: | --- | --- |\n")
 	for _, rw := range r.rows(cfg) {
+		if cfg.steps != nil && !cfg.steps[figureStep[rw.num]] {
+			continue // a step -steps left out
+		}
 		p("| %s | %s | %s | %s | %s | %s | %s |\n", rw.num, rw.figure, rw.ours, rw.ref, fmtRatio(rw.ratio), rw.goal, rw.verdict)
 	}
 
@@ -249,13 +258,24 @@ func (r *results) markdown(cfg config) string {
 		{"OOM storm: kill -> TaskOOM", r.stormDelay},
 		{"OOM storm: kill -> TaskOOM's timestamp", r.stormStamped},
 	} {
+		if len(f.xs[ours]) == 0 && len(f.xs[ref]) == 0 {
+			continue // its step did not run
+		}
 		p("| %s | %s | %s |\n", f.name, spread(f.xs[ours]), spread(f.xs[ref]))
 	}
-	p("\nOther observations: threads per idle shim (median) ours %.0f, reference %.0f; "+
-		"OOM runs without a TaskOOM: ours %d/%d, reference %d/%d; without TaskStart or TaskExit (within %s of the exit status): ours %d, reference %d; exit status other than 137: ours %d, reference %d.\n",
-		median(r.idleThreads[ours]), median(r.idleThreads[ref]),
-		r.oomMissing[ours], r.oomRuns[ours], r.oomMissing[ref], r.oomRuns[ref], oomGrace, r.oomLostEvents[ours], r.oomLostEvents[ref],
-		r.oomBadStatus[ours], r.oomBadStatus[ref])
+	var other []string
+	if len(r.idleThreads[ours]) > 0 {
+		other = append(other, fmt.Sprintf("threads per idle shim (median) ours %.0f, reference %.0f",
+			median(r.idleThreads[ours]), median(r.idleThreads[ref])))
+	}
+	if r.oomRuns[ours] > 0 {
+		other = append(other, fmt.Sprintf("OOM runs without a TaskOOM: ours %d/%d, reference %d/%d; without TaskStart or TaskExit (within %s of the exit status): ours %d, reference %d; exit status other than 137: ours %d, reference %d",
+			r.oomMissing[ours], r.oomRuns[ours], r.oomMissing[ref], r.oomRuns[ref], oomGrace, r.oomLostEvents[ours], r.oomLostEvents[ref],
+			r.oomBadStatus[ours], r.oomBadStatus[ref]))
+	}
+	if len(other) > 0 {
+		p("\nOther observations: %s.\n", strings.Join(other, "; "))
+	}
 
 	p("\nHow each figure is taken (one private containerd, info log level, CRI off; each container names its shim by absolute runtime path; samples alternate ours/reference):\n\n")
 	p("1. %d `sleep` containers per shim, each with its own shim, started alternately; after 3 s to settle and the %.0f s window of figure 6, `Rss:` and `Pss:` of `/proc/<shim>/smaps_rollup`, averaged over the shims. PSS shares pages between the shims of one binary, so it depends on their number.\n", cfg.idle, r.idleWindowSeconds)

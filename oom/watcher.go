@@ -307,7 +307,7 @@ func (w *Watcher) Check(id string) error {
 	}
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
-	w.update(wt)
+	w.update(wt, nil)
 	return nil
 }
 
@@ -343,7 +343,7 @@ func (w *Watcher) Stop(id string, sigkilled bool) (Counts, error) {
 	}
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
-	w.update(wt)
+	w.update(wt, nil)
 	if wt.gone && sigkilled && wt.parent != nil && !wt.oomed {
 		w.fromParent(wt)
 	}
@@ -428,8 +428,11 @@ func trimNL(b []byte) []byte {
 }
 
 // update reads wt and reports a rise of oom_kill; it returns whether it
-// found one. wt.mu is held.
-func (w *Watcher) update(wt *watch) bool {
+// found one. wt.mu is held. The kill's log line is written at once, or,
+// with logLater (the watcher's goroutine, which may have many cgroups to
+// read in one wakeup), appended there for after the wakeup's reports: in a
+// storm a log line per kill would hold back the reports of the others.
+func (w *Watcher) update(wt *watch, logLater *[]Event) bool {
 	if wt.done {
 		return false
 	}
@@ -462,10 +465,18 @@ func (w *Watcher) update(wt *watch) bool {
 		wt.parent.counted(ev.Kills)
 	}
 	w.report(ev)
+	if logLater != nil {
+		*logLater = append(*logLater, ev)
+	} else {
+		w.logKill(ev)
+	}
+	return true
+}
+
+func (w *Watcher) logKill(ev Event) {
 	log.G(w.ctx).WithFields(log.Fields{
 		"container_id": ev.ID, "cgroup": ev.Cgroup, "oom_kill": ev.OOMKill, "kills": ev.Kills, "limit": ev.Level.String(),
 	}).Warn("container OOM-killed")
-	return true
 }
 
 // loop is the watcher's goroutine: it waits for the epoll instance to be
@@ -476,6 +487,7 @@ func (w *Watcher) loop() {
 	events := make([]unix.EpollEvent, 16)
 	inobuf := make([]byte, 4096)
 	var eb [8]byte
+	var killed []Event // logged after each wakeup's reports
 	// recheck holds the v1 watches notified of an OOM whose kill was not
 	// yet counted, each with the time it gives up; they are re-read every
 	// recheckFast until fastUntil, then after delay, which doubles.
@@ -501,12 +513,12 @@ func (w *Watcher) loop() {
 			return
 		}
 		if len(recheck) > 0 {
-			w.recheckAll(recheck)
+			w.recheckAll(recheck, &killed)
 		}
 		for _, ev := range events[:n] {
 			switch int(ev.Fd) {
 			case int(w.ino.Load()):
-				w.drainInotify(inobuf)
+				w.drainInotify(inobuf, &killed)
 				continue
 			case int(w.timer.Load()):
 				unix.Read(int(ev.Fd), eb[:]) // expired: the re-reads above were due
@@ -523,7 +535,7 @@ func (w *Watcher) loop() {
 			// may already belong to another file.
 			if !wt.done {
 				unix.Read(wt.efd, eb[:])
-				if !w.update(wt) && !wt.done {
+				if !w.update(wt, &killed) && !wt.done {
 					// v1 signals when the memcg enters OOM, before the
 					// kill is counted: look again shortly.
 					now := time.Now()
@@ -536,6 +548,11 @@ func (w *Watcher) loop() {
 			}
 			wt.mu.Unlock()
 		}
+		for i, ev := range killed {
+			w.logKill(ev)
+			killed[i] = Event{}
+		}
+		killed = killed[:0]
 		var next time.Duration // 0: nothing to re-read
 		if len(recheck) > 0 {
 			if time.Now().Before(fastUntil) {
@@ -566,11 +583,11 @@ func (w *Watcher) arm(d time.Duration) {
 
 // recheckAll re-reads the watches in recheck and drops those that found
 // their kill, are gone, or ran out of time.
-func (w *Watcher) recheckAll(recheck map[*watch]time.Time) {
+func (w *Watcher) recheckAll(recheck map[*watch]time.Time, logLater *[]Event) {
 	now := time.Now()
 	for wt, until := range recheck {
 		wt.mu.Lock()
-		if w.update(wt) || wt.done || now.After(until) {
+		if w.update(wt, logLater) || wt.done || now.After(until) {
 			delete(recheck, wt)
 		}
 		wt.mu.Unlock()
@@ -579,7 +596,7 @@ func (w *Watcher) recheckAll(recheck map[*watch]time.Time) {
 
 // drainInotify reads all pending inotify events and updates each watch
 // they name once.
-func (w *Watcher) drainInotify(buf []byte) {
+func (w *Watcher) drainInotify(buf []byte, logLater *[]Event) {
 	for {
 		n, err := unix.Read(int(w.ino.Load()), buf)
 		if err == unix.EINTR {
@@ -598,7 +615,7 @@ func (w *Watcher) drainInotify(buf []byte) {
 				continue
 			}
 			wt.mu.Lock()
-			w.update(wt)
+			w.update(wt, logLater)
 			wt.mu.Unlock()
 		}
 	}

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # build-initramfs.sh: pack the cgroup v2 test VM's initramfs.
 #
-#   output: $VM_DIR/initramfs.cpio (uncompressed newc: under TCG the kernel
-#           unpacks plain cpio much faster than it inflates gzip)
+#   output: $VM_INITRD (lib.sh: one per VM_SUITE; uncompressed newc: under
+#           TCG the kernel unpacks plain cpio much faster than it inflates gzip)
 #
 # Contents: /init (scripts/vm/init), Debian's static busybox with its applets,
 # /dev/console, the kernel modules the guest needs with their dependencies
 # (overlay for containerd's snapshotter; virtio_pci and 9p for the results
 # share) in load order, and under /oomshim the shim, static containerd, ctr
 # and runc, containerd's own shim (under ref/), the integration test binary
-# and the test image; criu and
+# and the test image (and for VM_SUITE=bench the benchmark, bench/); criu and
 # iptables (xtables-nft-multi) with their libraries for the checkpoint tests.
 #
 # Inputs come from the environment (run by test-cgroup2.sh):
@@ -67,6 +67,7 @@ if [[ "$VM_SUITE" == critest ]]; then
 else
 	need+=("$CRIU" /usr/bin/tar /usr/bin/ip "$VM_DIR/bin/ref/containerd-shim-runc-v2")
 fi
+[[ "$VM_SUITE" == bench ]] && need+=("$VM_DIR/bench")
 for f in "${need[@]}"; do
 	[[ -f "$f" ]] || { log "missing input $f"; exit 1; }
 done
@@ -152,6 +153,7 @@ install -m 0755 "$SHIM_BINARY" "$stage/oomshim/containerd-shim-runc-v2"
 install -m 0755 "$VM_DIR/bin/containerd" "$VM_DIR/bin/ctr" "$VM_DIR/bin/runc" "$stage/oomshim/bin/"
 install -m 0755 "$VM_DIR/integration.test" "$stage/oomshim/integration/integration.test"
 install -m 0644 "$TEST_IMAGE_TAR" "$stage/oomshim/busybox.tar"
+[[ "$VM_SUITE" != bench ]] || install -D -m 0755 "$VM_DIR/bench" "$stage/oomshim/bench/bench"
 
 # copy_with_libs FILE DEST: FILE at DEST in the stage, with every library ldd
 # names for it at its own path.

@@ -9,6 +9,8 @@
 #                                 version, CGO_ENABLED=0 (the cross-shim
 #                                 checkpoint test)
 #   $VM_DIR/integration.test      go test -c of integration/, CGO_ENABLED=0
+#   $VM_DIR/bench                 go build of bench/, CGO_ENABLED=0 (only for
+#                                 VM_SUITE=bench)
 #
 # Idempotent: a tool is rebuilt only when it is missing, dynamically linked,
 # or `go version -m` names another module version. The test binary is always
@@ -95,4 +97,8 @@ log "go test -c ./integration -> $VM_DIR/integration.test"
 if ldd "$VM_DIR/integration.test" >/dev/null 2>&1; then
 	log "$VM_DIR/integration.test is dynamically linked; the VM has no libc"
 	exit 1
+fi
+if [[ "${VM_SUITE:-integration}" == bench ]]; then
+	log "go build ./bench -> $VM_DIR/bench"
+	(cd "$ROOT/bench" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$VM_DIR/bench" .)
 fi

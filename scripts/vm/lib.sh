@@ -6,8 +6,9 @@
 #   VM_KERNEL       the kernel image to boot (default: newest /boot/vmlinuz-*)
 #   VM_KERNEL_RELEASE  its release (uname -r), naming /lib/modules/<release>
 
-#   VM_SUITE        what the guest runs: integration (the Go suite) or critest
-#                   (scripts/critest/run.sh); each has its own initramfs
+#   VM_SUITE        what the guest runs: integration (the Go suite), critest
+#                   (scripts/critest/run.sh) or bench (bench/, BENCH_FLAGS);
+#                   each has its own initramfs
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VM_DIR="${VM_DIR:-$ROOT/.tools/vm}"
@@ -15,8 +16,9 @@ VM_SUITE="${VM_SUITE:-integration}"
 case "$VM_SUITE" in
 integration) VM_INITRD="$VM_DIR/initramfs.cpio" ;;
 critest) VM_INITRD="$VM_DIR/initramfs-critest.cpio" ;;
+bench) VM_INITRD="$VM_DIR/initramfs-bench.cpio" ;;
 *)
-	echo "VM_SUITE=$VM_SUITE: want integration or critest" >&2
+	echo "VM_SUITE=$VM_SUITE: want integration, critest or bench" >&2
 	exit 1
 	;;
 esac

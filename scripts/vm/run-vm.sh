@@ -23,6 +23,7 @@
 #   TEST_RUN      -test.run filter for the suite (default: every test)
 #   VERBOSE=1     stream the guest console (and the suite's output) live
 #   VM_MEM        guest memory in MiB (default 3072), VM_SMP cpus (default 2)
+#   BENCH_FLAGS   the benchmark's flags (VM_SUITE=bench)
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -34,6 +35,7 @@ VM_TIMEOUT="${VM_TIMEOUT:-1200}"
 VM_MEM="${VM_MEM:-3072}"
 VM_SMP="${VM_SMP:-2}"
 TEST_RUN="${TEST_RUN:-}"
+BENCH_FLAGS="${BENCH_FLAGS:-}"
 VERBOSE="${VERBOSE:-0}"
 INITRD="$VM_INITRD"
 RUN="$VM_DIR/run"
@@ -104,6 +106,7 @@ boot() {
 		echo "TEST_TIMEOUT=$(sq "${SUITE_TIMEOUT}s")"
 		echo "TEST_RUN=$(sq "$TEST_RUN")"
 		echo "VERBOSE=$(sq "$VERBOSE")"
+		echo "BENCH_FLAGS=$(sq "$BENCH_FLAGS")"
 	} >"$SHARE/params.env"
 
 	local cmdline="console=ttyS0 quiet panic=-1 cgroup_no_v1=all mitigations=off"
@@ -203,6 +206,15 @@ if [[ "${console_rc:-}" != "$suite_rc" ]]; then
 fi
 timing="VM ${elapsed}s, suite ${suite_secs:-?}s, host load ${load_before:-?} -> ${load_after:-?} on $(nproc) cpus"
 
+if [[ "$VM_SUITE" == bench ]]; then
+	if [[ "$suite_rc" == 0 && -s "$SHARE/RESULTS.md" ]]; then
+		verdict PASS "the benchmark ran on cgroup2, kernel $guest_release; report $SHARE/RESULTS.md ($timing)"
+	fi
+	section "benchmark output" "$TEST_LOG" 60
+	report=missing
+	[[ -s "$SHARE/RESULTS.md" ]] && report=written
+	verdict FAIL "the benchmark's exit status $suite_rc, report $report ($timing)"
+fi
 if [[ "$suite_rc" == 0 ]]; then
 	passed="$(grep -c -E '^--- PASS: ' "$TEST_LOG" || true)"
 	if [[ "$VM_SUITE" == critest ]]; then
