@@ -157,7 +157,7 @@ func (e *criEnv) waitExited(ctx context.Context, id string) (*runtimeapi.Contain
 // restart: containerd serves before CRI has recovered its pods and
 // containers, and until then every CRI call fails with Unavailable
 // ("server is not initialized yet"); kubelet retries them.
-func (e *criEnv) waitInitialized(ctx context.Context) (waited time.Duration, err error) {
+func (e *criEnv) waitInitialized(ctx context.Context) (time.Duration, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()

@@ -16,7 +16,7 @@ import (
 // which parts are there do not.
 func TestStatV1MatchesLibrary(t *testing.T) {
 	if cgroups.Mode() == cgroups.Unified {
-		t.Skip("cgroup v2 only: statV1 is the v1 path")
+		t.Skip("unified cgroup v2: statV1 is the v1 path")
 	}
 	cg, err := LoadCgroup(os.Getpid())
 	if err != nil {
