@@ -71,7 +71,8 @@ func LoadCgroup(pid int) (*Cgroup, error) {
 // each controller's mount root by reading /proc/self/mountinfo once per
 // controller, for every container (13 reads and about 70 kB of garbage per
 // container on the benchmark's host, more on a node with many mounts, where
-// the lines are long); here the roots are read once per shim (v1Roots).
+// the lines are long); here each root is looked up once per shim
+// (v1Roots).
 // The paths are the library's: each controller's cgroup from
 // /proc/<pid>/cgroup, made relative to its mount's root, which is not "/"
 // when the shim runs in a cgroup namespace (TestPidPathV1MatchesLibrary).
@@ -96,23 +97,20 @@ func pidPathV1(pid int) (cgroup1.Path, error) {
 }
 
 // relativeToRoots rewrites each hierarchy's cgroup in paths relative to
-// the root of that hierarchy's mount, as roots gives them (reread: the
-// cached roots missed one).
-func relativeToRoots(paths map[string]string, roots func(reread bool) (map[string]string, error)) error {
-	known, err := roots(false)
+// the root of that hierarchy's mount, as roots finds them.
+func relativeToRoots(paths map[string]string, roots func(names []string) (map[string]string, error)) error {
+	names := make([]string, 0, len(paths))
+	for name := range paths {
+		names = append(names, name)
+	}
+	found, err := roots(names)
 	if err != nil {
 		return err
 	}
 	for name, p := range paths {
-		root, ok := known[name]
+		root, ok := found[name]
 		if !ok {
-			// A hierarchy mounted after the roots were read.
-			if known, err = roots(true); err != nil {
-				return err
-			}
-			if root, ok = known[name]; !ok {
-				return fmt.Errorf("%s: %w", name, cgroup1.ErrNoCgroupMountDestination)
-			}
+			return fmt.Errorf("%s: %w", name, cgroup1.ErrNoCgroupMountDestination)
 		}
 		rel, err := filepath.Rel(root, p)
 		if err != nil {
@@ -129,9 +127,11 @@ func relativeToRoots(paths map[string]string, roots func(reread bool) (map[strin
 // v1Roots holds, for each cgroup v1 controller and named hierarchy
 // ("name=systemd"), the root of the first cgroup mount whose superblock
 // options name it, as the library's lookup takes it from mountinfo. The
-// hierarchies are mounted when the machine boots and stay, so they are
-// read once per shim, and again only when a cgroup names a hierarchy the
-// last read did not see.
+// hierarchies are mounted when the machine boots and stay, so each is
+// looked up once per shim; and a lookup reads mountinfo only up to the
+// line where it has found all it needs. The cgroup mounts come early in
+// mountinfo, before the containers' mounts, of which a node with many pods
+// has hundreds, with long lines.
 var v1Roots mountRoots
 
 type mountRoots struct {
@@ -139,26 +139,47 @@ type mountRoots struct {
 	roots map[string]string
 }
 
-func (r *mountRoots) get(reread bool) (map[string]string, error) {
+// get returns the mount roots of the named hierarchies it finds; a name
+// missing from the result has no cgroup v1 mount.
+func (r *mountRoots) get(names []string) (map[string]string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.roots != nil && !reread {
-		return r.roots, nil
-	}
-	mounts, err := mountinfo.GetMounts(mountinfo.FSTypeFilter("cgroup"))
-	if err != nil {
-		return nil, fmt.Errorf("read the cgroup mounts: %w", err)
-	}
-	roots := make(map[string]string)
-	for _, m := range mounts {
-		for _, opt := range strings.Split(m.VFSOptions, ",") {
-			if _, seen := roots[opt]; !seen {
-				roots[opt] = m.Root
-			}
+	wanted := make(map[string]bool, len(names))
+	for _, name := range names {
+		if _, ok := r.roots[name]; !ok {
+			wanted[name] = true
 		}
 	}
-	r.roots = roots
-	return roots, nil
+	if len(wanted) > 0 {
+		if r.roots == nil {
+			r.roots = make(map[string]string)
+		}
+		seen := make(map[string]bool)
+		_, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+			if m.FSType != "cgroup" {
+				return true, false
+			}
+			for _, opt := range strings.Split(m.VFSOptions, ",") {
+				if seen[opt] {
+					continue // the first mount of a hierarchy counts
+				}
+				seen[opt] = true
+				r.roots[opt] = m.Root
+				delete(wanted, opt)
+			}
+			return true, len(wanted) == 0
+		})
+		if err != nil {
+			return nil, fmt.Errorf("read the cgroup mounts: %w", err)
+		}
+	}
+	found := make(map[string]string, len(names))
+	for _, name := range names {
+		if root, ok := r.roots[name]; ok {
+			found[name] = root
+		}
+	}
+	return found, nil
 }
 
 // MemoryDir is the directory of the container's memory cgroup.

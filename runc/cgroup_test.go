@@ -84,23 +84,28 @@ func TestPidPathV1Errors(t *testing.T) {
 }
 
 // TestRelativeToRoots: cgroups are made relative to their hierarchy's
-// mount root (a shim in a cgroup namespace sees roots other than "/"), the
-// roots are read again once when a hierarchy is missing from them, and a
-// hierarchy no mount holds is an error.
+// mount root (a shim in a cgroup namespace sees roots other than "/"), and
+// a hierarchy no mount holds is an error.
 func TestRelativeToRoots(t *testing.T) {
-	reads := 0
 	mounted := map[string]string{"memory": "/kubepods/pod1", "cpu": "/", "name=systemd": "/"}
-	roots := func(reread bool) (map[string]string, error) {
-		reads++
-		return mounted, nil
+	var asked []string
+	roots := func(names []string) (map[string]string, error) {
+		asked = append(asked, names...)
+		found := map[string]string{}
+		for _, name := range names {
+			if root, ok := mounted[name]; ok {
+				found[name] = root
+			}
+		}
+		return found, nil
 	}
 	paths := map[string]string{"memory": "/kubepods/pod1/c1", "cpu": "/kubepods/pod1/c1", "name=systemd": "/system.slice"}
 	if err := relativeToRoots(paths, roots); err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]string{"memory": "/c1", "cpu": "/kubepods/pod1/c1", "name=systemd": "/system.slice"}
-	if fmt.Sprint(paths) != fmt.Sprint(want) || reads != 1 {
-		t.Errorf("paths %v after %d reads, want %v after 1", paths, reads, want)
+	if fmt.Sprint(paths) != fmt.Sprint(want) || len(asked) != 3 {
+		t.Errorf("paths %v after asking for %v, want %v after asking for the 3", paths, asked, want)
 	}
 
 	// The library's choice for a cgroup that is its mount's root, kept.
@@ -109,9 +114,65 @@ func TestRelativeToRoots(t *testing.T) {
 		t.Errorf("the root itself: %v, %v", paths, err)
 	}
 
-	reads = 0
 	paths = map[string]string{"memory": "/a", "name=nosuch": "/a"}
-	if err := relativeToRoots(paths, roots); !errors.Is(err, cgroup1.ErrNoCgroupMountDestination) || reads != 2 {
-		t.Errorf("unmounted hierarchy: %v after %d reads, want ErrNoCgroupMountDestination after 2", err, reads)
+	if err := relativeToRoots(paths, roots); !errors.Is(err, cgroup1.ErrNoCgroupMountDestination) {
+		t.Errorf("unmounted hierarchy: %v, want ErrNoCgroupMountDestination", err)
 	}
+}
+
+// TestMountRoots: the roots of this process's hierarchies are found (the
+// same as the library's, TestPidPathV1MatchesLibrary), a name no mount
+// holds is left out without losing the others, and asking again answers
+// the same from the cache.
+func TestMountRoots(t *testing.T) {
+	if cgroups.Mode() == cgroups.Unified {
+		t.Skip("unified cgroup v2: no v1 mounts")
+	}
+	paths, _, err := cgroups.ParseCgroupFileUnified("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for name := range paths {
+		names = append(names, name)
+	}
+	var r mountRoots
+	first, err := r.get(append(names, "name=nosuch"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := first["name=nosuch"]; ok || len(first) != len(names) {
+		t.Fatalf("roots %v for %v and name=nosuch", first, names)
+	}
+	again, err := r.get(names)
+	if err != nil || fmt.Sprint(again) != fmt.Sprint(first) {
+		t.Errorf("asked again: %v, %v; first %v", again, err, first)
+	}
+	t.Logf("roots: %v", first)
+}
+
+// BenchmarkPidPathV1 against the library's cgroup1.PidPath, for this
+// process (go test -run - -bench PidPath -benchmem ./runc).
+func BenchmarkPidPathV1(b *testing.B) {
+	if cgroups.Mode() == cgroups.Unified {
+		b.Skip("unified cgroup v2")
+	}
+	b.Run("ours", func(b *testing.B) {
+		for b.Loop() {
+			p, err := pidPathV1(os.Getpid())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := p(cgroup1.Memory); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("library", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := cgroup1.PidPath(os.Getpid())(cgroup1.Memory); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
