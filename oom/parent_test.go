@@ -155,3 +155,47 @@ func TestUnaccountedKills(t *testing.T) {
 }
 
 func mkdir(dir string) error { return os.MkdirAll(dir, 0o755) }
+
+// A container whose init lived (it exits by itself) but whose
+// memory.events told of a change after the cgroup was gone (a child
+// process OOM-killed just before the init exited, the scope removed before
+// the watcher could read it) gets the kill its parent's counter shows; a
+// notification of its cgroup.events alone (every exit makes one) is not
+// enough. Stop comes at once after the notification, as the reaper's can
+// before the watcher's goroutine wakes: Stop follows it itself.
+func TestParentSeesChildKillOfRemovedCgroup(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		file string
+		want bool
+	}{
+		{"memory.events notified", "memory.events", true},
+		{"cgroup.events notified", "cgroup.events", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, events := newWatcher(t)
+			slice := t.TempDir()
+			writeEvents(t, slice, 0, 5)
+			c1 := childCgroup(t, slice, "c1.scope")
+			if err := w.Add("c1", c1, true); err != nil {
+				t.Fatal(err)
+			}
+			writeEvents(t, slice, 1, 6)
+			markGone(w, "c1")
+			// The notification the watcher can no longer follow with a read.
+			f, err := os.OpenFile(filepath.Join(c1, tc.file), os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteString("\n")
+			f.Close()
+			if _, err := w.Stop("c1", false); err != nil {
+				t.Fatal(err)
+			}
+			if tc.want {
+				expect(t, events, Event{ID: "c1", Cgroup: c1, OOMKill: 1, Kills: 1, Level: LevelUnknown})
+			}
+			none(t, events)
+		})
+	}
+}

@@ -92,6 +92,10 @@ type Watcher struct {
 	epc   syscall.RawConn
 	ino   atomic.Int32 // inotify, created by the first v2 Add; -1 before
 	timer atomic.Int32 // timerfd for v1 re-reads, created by the first v1 Add; -1 before
+	// drainMu is held from reading inotify events to having followed
+	// each with a read, so that Stop can wait for notifications already
+	// taken off the queue (followNotifications).
+	drainMu sync.Mutex
 
 	mu      sync.Mutex
 	closed  bool
@@ -113,10 +117,14 @@ type watch struct {
 	wds     []int32
 	last    Counts
 	buf     []byte
-	done    bool    // stopped, or its cgroup is gone
-	gone    bool    // its cgroup was gone at a read
-	oomed   bool    // an OOM kill of it was reported
-	parent  *parent // v2: its parent cgroup, nil if none is readable
+	done    bool // stopped, or its cgroup is gone
+	gone    bool // its cgroup was gone at a read
+	oomed   bool // an OOM kill of it was reported
+	// missed: memory.events notified a change that no read could follow,
+	// the cgroup being gone by then (the systemd driver removes an
+	// emptied scope at once)
+	missed bool
+	parent *parent // v2: its parent cgroup, nil if none is readable
 }
 
 // NewWatcher starts a watcher whose OOMs go to report. ctx carries the
@@ -247,7 +255,7 @@ func (w *Watcher) addInotify(wt *watch) error {
 	}
 	// cgroup.events changes when the last process leaves: the moment to
 	// look again even if memory.events' own notification lags.
-	for _, name := range []string{"memory.events", "cgroup.events"} {
+	for _, name := range []string{"memory.events", "cgroup.events"} { // memory.events first: wds[0]
 		wd, err := unix.InotifyAddWatch(ino, filepath.Join(wt.dir, name), unix.IN_MODIFY)
 		if err != nil {
 			for _, wd := range wt.wds {
@@ -315,14 +323,21 @@ func (w *Watcher) Check(id string) error {
 // read (kernfs notification is asynchronous, so this read is what turns an
 // OOM racing with the exit into one reported before it), then removal, so a
 // re-used ID is watched afresh. It returns the last counters seen. It never
-// waits on the watcher's goroutine beyond one read of a counter file.
+// waits on the watcher's goroutine beyond one read of a counter file, or,
+// when the init exited by itself and its cgroup is gone, the following of
+// the notifications already queued (followNotifications).
 //
 // sigkilled says the container's init died of SIGKILL, as an OOM kill
 // does: if its cgroup was gone before the final read (the systemd driver
 // removes an emptied scope at once) and no OOM kill of it was reported, a
 // rise of its parent's counter that no other child accounts for is
-// reported as this container's (parent.go).
+// reported as this container's (parent.go). So it is when the init lived
+// but the cgroup's memory.events told of a change that could no longer be
+// read: a child process OOM-killed just before the init exited.
 func (w *Watcher) Stop(id string, sigkilled bool) (Counts, error) {
+	if !sigkilled {
+		w.followNotifications(id)
+	}
 	w.mu.Lock()
 	wt, ok := w.byID[id]
 	if ok {
@@ -344,7 +359,7 @@ func (w *Watcher) Stop(id string, sigkilled bool) (Counts, error) {
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
 	w.update(wt, nil)
-	if wt.gone && sigkilled && wt.parent != nil && !wt.oomed {
+	if wt.gone && (sigkilled || wt.missed) && wt.parent != nil && !wt.oomed {
 		w.fromParent(wt)
 	}
 	wt.done = true
@@ -356,6 +371,28 @@ func (w *Watcher) Stop(id string, sigkilled bool) (Counts, error) {
 	}
 	wt.close()
 	return wt.last, nil
+}
+
+// followNotifications makes sure that a notification of id's memory.events
+// queued before its init exited has been followed before Stop decides:
+// when the cgroup is gone already and no kill of it was reported, the
+// inotify queue is drained here (the watcher's goroutine may not have
+// woken yet), after any drain in progress, so that such a notification
+// marks the watch missed.
+func (w *Watcher) followNotifications(id string) {
+	w.mu.Lock()
+	wt, ok := w.byID[id]
+	w.mu.Unlock()
+	if !ok || !wt.v2 {
+		return
+	}
+	wt.mu.Lock()
+	w.update(wt, nil)
+	drain := wt.gone && !wt.oomed && !wt.missed && wt.parent != nil
+	wt.mu.Unlock()
+	if drain {
+		w.drainInotify(make([]byte, 4096), nil)
+	}
 }
 
 // fromParent reports one kill of wt's parent that no report explains as
@@ -597,6 +634,8 @@ func (w *Watcher) recheckAll(recheck map[*watch]time.Time, logLater *[]Event) {
 // drainInotify reads all pending inotify events and updates each watch
 // they name once.
 func (w *Watcher) drainInotify(buf []byte, logLater *[]Event) {
+	w.drainMu.Lock()
+	defer w.drainMu.Unlock()
 	for {
 		n, err := unix.Read(int(w.ino.Load()), buf)
 		if err == unix.EINTR {
@@ -616,6 +655,9 @@ func (w *Watcher) drainInotify(buf []byte, logLater *[]Event) {
 			}
 			wt.mu.Lock()
 			w.update(wt, logLater)
+			if wt.gone && len(wt.wds) > 0 && raw.Wd == wt.wds[0] { // memory.events
+				wt.missed = true
+			}
 			wt.mu.Unlock()
 		}
 	}
