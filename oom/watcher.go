@@ -335,8 +335,9 @@ func (w *Watcher) Check(id string) error {
 // but the cgroup's memory.events told of a change that could no longer be
 // read: a child process OOM-killed just before the init exited.
 func (w *Watcher) Stop(id string, sigkilled bool) (Counts, error) {
+	read := false // the final read is done
 	if !sigkilled {
-		w.followNotifications(id)
+		read = w.followNotifications(id)
 	}
 	w.mu.Lock()
 	wt, ok := w.byID[id]
@@ -358,7 +359,9 @@ func (w *Watcher) Stop(id string, sigkilled bool) (Counts, error) {
 	}
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
-	w.update(wt, nil)
+	if !read {
+		w.update(wt, nil)
+	}
 	if wt.gone && (sigkilled || wt.missed) && wt.parent != nil && !wt.oomed {
 		w.fromParent(wt)
 	}
@@ -378,13 +381,14 @@ func (w *Watcher) Stop(id string, sigkilled bool) (Counts, error) {
 // when the cgroup is gone already and no kill of it was reported, the
 // inotify queue is drained here (the watcher's goroutine may not have
 // woken yet), after any drain in progress, so that such a notification
-// marks the watch missed.
-func (w *Watcher) followNotifications(id string) {
+// marks the watch missed. Its read of a v2 watch is Stop's final read: it
+// reports whether it made one.
+func (w *Watcher) followNotifications(id string) bool {
 	w.mu.Lock()
 	wt, ok := w.byID[id]
 	w.mu.Unlock()
 	if !ok || !wt.v2 {
-		return
+		return false
 	}
 	wt.mu.Lock()
 	w.update(wt, nil)
@@ -393,6 +397,7 @@ func (w *Watcher) followNotifications(id string) {
 	if drain {
 		w.drainInotify(make([]byte, 4096), nil)
 	}
+	return true
 }
 
 // fromParent reports one kill of wt's parent that no report explains as
