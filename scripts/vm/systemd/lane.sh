@@ -10,12 +10,13 @@
 #
 # The root filesystem comes from Debian's packages through mmdebstrap
 # (systemd, systemd-sysv, dbus, kmod, iproute2, util-linux, e2fsprogs,
-# busybox-static for the suite's hand-made rootfs), with
+# busybox-static for the suite's hand-made rootfs, criu and iptables for the
+# checkpoint tests), with
 # the host's kernel modules and the static containerd, ctr and runc of
 # scripts/vm, on an ext4 image booted with Debian's own kernel and initrd. It
 # is cached by a hash of its inputs. What changes from run to run (the shim,
-# integration.test, the test image, guest.sh) reaches the guest on a 9p
-# share, which also brings the results back.
+# integration.test, the test image, containerd's own shim, guest.sh) reaches
+# the guest on a 9p share, which also brings the results back.
 #
 # Environment: SHIM_BINARY, TEST_IMAGE_TAR, VM_CYCLES (the stress test's
 # cycles, default 100), TEST_RUN (-test.run; SUITE=smoke runs no suite),
@@ -69,7 +70,8 @@ TimeoutStartSec=infinity
 ExecStart=/oomshim/boot.sh
 StandardOutput=journal+console
 StandardError=journal+console'
-PACKAGES=systemd,systemd-sysv,dbus,kmod,iproute2,util-linux,e2fsprogs,busybox-static
+# criu and iptables (its network lock) for the checkpoint tests.
+PACKAGES=systemd,systemd-sysv,dbus,kmod,iproute2,util-linux,e2fsprogs,busybox-static,criu,iptables
 # Units a container host needs none of here: no login prompt or login
 # sessions, no clock sync, no periodic jobs.
 MASKED=(getty@tty1.service serial-getty@ttyS0.service systemd-logind.service
@@ -114,6 +116,7 @@ rm -rf "$RUN"
 mkdir -p "$SHARE/in"
 install -m 0755 "$SHIM_BINARY" "$SHARE/in/containerd-shim-runc-v2"
 install -m 0755 "$VM_DIR/integration.test" "$SHARE/in/integration.test"
+install -m 0755 "$VM_DIR/bin/ref/containerd-shim-runc-v2" "$SHARE/in/ref-shim"
 install -m 0644 "$TEST_IMAGE_TAR" "$SHARE/in/busybox.tar"
 install -m 0755 "$HERE/guest.sh" "$SHARE/in/guest.sh"
 {
