@@ -80,7 +80,7 @@ critest: build tools
 # Debian's kernel with only the unified hierarchy (scripts/vm/README.md).
 # Knobs: VM_CYCLES (stress cycles in the guest: CYCLES when given on the
 # command line or in the environment, else 100), VM_TIMEOUT (hard limit in
-# seconds, default 1200), TEST_RUN (-test.run filter), VERBOSE=1 (stream the
+# seconds, default 2100), TEST_RUN (-test.run filter), VERBOSE=1 (stream the
 # guest console), VM_MEM, VM_SMP.
 VM_CYCLES ?= $(if $(filter command line environment,$(origin CYCLES)),$(CYCLES),100)
 

@@ -18,7 +18,7 @@
 #
 # Environment:
 #   VM_CYCLES     stress-test cycles in the guest (CYCLES there; default 100)
-#   VM_TIMEOUT    hard limit on the VM in seconds (default 1200); the suite's
+#   VM_TIMEOUT    hard limit on the VM in seconds (default 2100); the suite's
 #                 -test.timeout is 150s less
 #   TEST_RUN      -test.run filter for the suite (default: every test)
 #   VERBOSE=1     stream the guest console (and the suite's output) live
@@ -31,7 +31,7 @@ resolve_kernel
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 VM_CYCLES="${VM_CYCLES:-100}"
-VM_TIMEOUT="${VM_TIMEOUT:-1200}"
+VM_TIMEOUT="${VM_TIMEOUT:-2100}"
 VM_MEM="${VM_MEM:-3072}"
 VM_SMP="${VM_SMP:-2}"
 TEST_RUN="${TEST_RUN:-}"
