@@ -20,7 +20,7 @@
 #
 # Environment: SHIM_BINARY, TEST_IMAGE_TAR, VM_CYCLES (the stress test's
 # cycles, default 100), TEST_RUN (-test.run; SUITE=smoke runs no suite),
-# VM_TIMEOUT (hard limit in seconds, default 1800), VM_DIR.
+# VM_TIMEOUT (hard limit in seconds, default 2700), VM_DIR.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +29,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 resolve_kernel
 SHIM_BINARY="${SHIM_BINARY:-$ROOT/bin/containerd-shim-runc-v2}"
 TEST_IMAGE_TAR="${TEST_IMAGE_TAR:-$ROOT/.tools/images/busybox.tar}"
-VM_TIMEOUT="${VM_TIMEOUT:-1800}"
+VM_TIMEOUT="${VM_TIMEOUT:-2700}"
 VM_CYCLES="${VM_CYCLES:-100}"
 SUITE="${SUITE:-integration}"
 SYS_DIR="$VM_DIR/systemd"
