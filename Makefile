@@ -14,7 +14,10 @@ LDFLAGS    := -s -w -X oomshim/shim.Version=$(VERSION) -X oomshim/shim.Revision=
 GO_TAGS    := no_grpc
 GO_SOURCES := $(shell find . -name '*.go' -not -path './integration/*' -not -path './bench/*' -not -path './testkit/*' -not -path './.tools/*') go.mod go.sum
 
-export SHIM_BINARY := $(SHIM)
+# The shim the suites test: ours unless given (SHIM_BINARY=<containerd's
+# shim> in the environment or on the command line runs them against it).
+SHIM_BINARY ?= $(SHIM)
+export SHIM_BINARY
 export TOOLS_BIN
 export TEST_IMAGE_TAR := $(IMAGE_TAR)
 

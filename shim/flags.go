@@ -88,6 +88,8 @@ func Main(args []string) int {
 		err = runStart(f, os.Stdin, os.Stdout)
 	case f.action == "delete":
 		err = runDelete(f, os.Stdout)
+	case f.action == cleanupAction:
+		err = runCleanup(f, os.Stdin)
 	case f.action == "":
 		err = serve(f)
 	default:

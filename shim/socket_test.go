@@ -21,9 +21,17 @@ import (
 // (see TestMain): it prints "ok" if a Connect call was answered.
 const dialEnv = "SHIM_TEST_DIAL"
 
+// mainEnv makes the test binary the shim's command line (Main); so does
+// the cleanup action's name as the last argument, for the delete action's
+// child started with os.Executable().
+const mainEnv = "SHIM_TEST_MAIN"
+
 func TestMain(m *testing.M) {
 	if path := os.Getenv(dialEnv); path != "" {
 		os.Exit(dialAndConnect(path))
+	}
+	if os.Getenv(mainEnv) != "" || os.Args[len(os.Args)-1] == cleanupAction {
+		os.Exit(Main(os.Args))
 	}
 	os.Exit(m.Run())
 }

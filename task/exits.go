@@ -39,6 +39,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"oomshim/process"
+	"oomshim/runc"
 )
 
 // execExitGrace bounds how long an init's TaskExit waits for the exits of
@@ -336,7 +337,14 @@ func (s *Service) flushInitIfDueLocked(c *container) {
 
 // publishInitExitLocked gives the OOM watch its final word, which queues
 // any TaskOOM still owed, and only then queues the init's TaskExit.
+//
+// The exit is recorded in the bundle first: if this shim dies before
+// containerd has the TaskExit, the delete action containerd then runs
+// reports this status instead of an assumed SIGKILL.
 func (s *Service) publishInitExitLocked(c *container, e process.Reaped) {
+	if err := runc.WriteExitStatus(c.init.Bundle(), e.Pid, e.Status, e.Timestamp); err != nil {
+		log.G(s.ctx).WithError(err).WithField("container_id", c.init.ID()).Warn("record the exit in the bundle")
+	}
 	s.unwatchLocked(c, e.Status == 128+int(unix.SIGKILL))
 	s.publishExitLocked(c, c.init, e)
 }

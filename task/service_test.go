@@ -22,6 +22,7 @@ import (
 
 	"oomshim/event"
 	"oomshim/process"
+	"oomshim/runc"
 )
 
 // recorder forwards nothing; it records topics in order. A test may hold
@@ -207,6 +208,26 @@ func TestLifecycleEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-h.stopped
+}
+
+// TestInitExitRecordedInBundle: the init's exit is in the bundle before
+// its TaskExit is queued, for the delete action of a shim that dies before
+// containerd has the event.
+func TestInitExitRecordedInBundle(t *testing.T) {
+	h := newHarness(t, nil)
+	init := h.create("c1")
+	if _, err := h.svc.Start(context.Background(), &taskapi.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	e := exit(init.Pid(), 3)
+	h.svc.HandleExits([]process.Reaped{e})
+	got, err := runc.ReadExitStatus(init.Bundle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Pid != init.Pid() || got.Status != 3 || !got.Timestamp.Equal(e.Timestamp) {
+		t.Fatalf("recorded %+v, want pid %d, status 3, at %v", got, init.Pid(), e.Timestamp)
+	}
 }
 
 // containerd gives Shutdown 3 s. With containerd slow to take events (a
