@@ -120,9 +120,18 @@ func ReadOptions(bundle string) (*options.Options, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read runtime options: %w", err)
 	}
+	opts, err := ParseOptions(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(bundle, optionsFile), err)
+	}
+	return opts, nil
+}
+
+// ParseOptions parses runtime options in the form WriteOptions records.
+func ParseOptions(data []byte) (*options.Options, error) {
 	var opts options.Options
 	if err := json.Unmarshal(data, &opts); err != nil {
-		return nil, fmt.Errorf("parse runtime options %s: %w", filepath.Join(bundle, optionsFile), err)
+		return nil, fmt.Errorf("parse runtime options: %w", err)
 	}
 	return &opts, nil
 }

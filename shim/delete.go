@@ -154,9 +154,8 @@ func runCleanup(f flags, stdin io.Reader) error {
 	}
 	var opts *options.Options
 	if len(data) > 0 {
-		opts = &options.Options{}
-		if err := json.Unmarshal(data, opts); err != nil {
-			return fmt.Errorf("parse runtime options: %w", err)
+		if opts, err = runc.ParseOptions(data); err != nil {
+			return err
 		}
 	}
 	cleanup(f, f.bundle, runc.NewConfig(opts, f.namespace), true, os.Stderr)
