@@ -153,7 +153,8 @@ BENCH_FLAGS ?=
 
 bench: build image
 	cd bench && CGO_ENABLED=0 go build -o $(BENCH_BIN) .
-	$(BENCH_BIN) -shim $(SHIM) -ref $(TOOLS_BIN)/ref/containerd-shim-runc-v2 \
+	cd bench && CGO_ENABLED=0 go build -tags $(GO_TAGS) -trimpath -ldflags '-s -w' -o $(BIN)/bench-floor ./floor
+	$(BENCH_BIN) -shim $(SHIM) -ref $(TOOLS_BIN)/ref/containerd-shim-runc-v2 -floor $(BIN)/bench-floor \
 		-tools $(TOOLS_BIN) -image $(IMAGE_TAR) -out $(BENCH_OUT) \
 		-command 'make bench $(BENCH_FLAGS)' $(BENCH_FLAGS)
 

@@ -32,6 +32,7 @@ import (
 type config struct {
 	ours, ref shim
 	toolsBin  string // containerd, ctr, runc
+	floorBin  string // bench-floor
 	imageTar  string
 	out       string // RESULTS.md to write, or ""
 	command   string // the command to name in the results
@@ -54,6 +55,7 @@ type config struct {
 	podExecs       int             // exec round trips per pod
 	podConcurrency int             // execs in flight during the pod probes
 	statsCalls     int             // Stats calls per pod, at the largest pod count
+	statsInterval  time.Duration   // the Stats rounds start at least this far apart
 	storms         int             // OOM storms per shim
 	stormSize      int             // containers per storm
 	steps          map[string]bool // the steps to run; nil: all
@@ -67,6 +69,7 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	ours := fs.String("shim", "bin/containerd-shim-runc-v2", "our shim binary")
 	ref := fs.String("ref", ".tools/bin/ref/containerd-shim-runc-v2", "the reference shim binary (containerd v2.4.2)")
+	fs.StringVar(&c.floorBin, "floor", "bin/bench-floor", "the floor server (./floor): a ttrpc server with only the task API, for the floor step")
 	fs.StringVar(&c.toolsBin, "tools", ".tools/bin", "directory with containerd, ctr and runc")
 	fs.StringVar(&c.imageTar, "image", ".tools/images/busybox.tar", "busybox image tarball (scripts/build-image.sh)")
 	fs.StringVar(&c.out, "out", "", "write the results as markdown to this file")
@@ -88,6 +91,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.podExecs, "pod-execs", 250, "exec round trips per pod (exec probes)")
 	fs.IntVar(&c.podConcurrency, "pod-concurrency", 4, "execs in flight during the pod probes")
 	fs.IntVar(&c.statsCalls, "stats-calls", 100, "Stats calls per pod at the largest pod count")
+	fs.DurationVar(&c.statsInterval, "stats-interval", 1500*time.Millisecond, "the Stats rounds start this far apart (kubelet polls every 10 s; 0: back to back)")
 	fs.IntVar(&c.storms, "storms", 3, "OOM storms per shim")
 	fs.IntVar(&c.stormSize, "storm-size", 50, "containers OOM-killed at once in one pod shim")
 	steps := fs.String("steps", "", "only these steps, comma-separated ("+strings.Join(stepNames, ", ")+"); default all (for profiling: the results file is then partial)")
@@ -137,7 +141,7 @@ func parseFlags(args []string) (config, error) {
 	if c.ref, err = newShim("reference", *ref); err != nil {
 		return c, err
 	}
-	for _, p := range []*string{&c.toolsBin, &c.imageTar, &c.out} {
+	for _, p := range []*string{&c.toolsBin, &c.imageTar, &c.out, &c.floorBin} {
 		if *p != "" {
 			if *p, err = filepath.Abs(*p); err != nil {
 				return c, err

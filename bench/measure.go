@@ -65,7 +65,8 @@ type results struct {
 	lifeServer, lifeStart [2]time.Duration
 	lifeRuns              [2]int
 
-	pods []*podPhase // per pod count
+	pods  []*podPhase // per pod count
+	floor *floorReading
 
 	stormDelay                                    [2][]float64 // ms, kill -> TaskOOM arrival
 	stormStamped                                  [2][]float64 // ms, kill -> TaskOOM's envelope timestamp
@@ -75,7 +76,7 @@ type results struct {
 func (e *env) shims() [2]shim { return [2]shim{e.cfg.ours, e.cfg.ref} }
 
 // stepNames are runAll's steps, in order.
-var stepNames = []string{"sizes", "idle", "roundtrips", "execs", "parallel", "oom", "lifecycle", "pods", "storm"}
+var stepNames = []string{"sizes", "idle", "roundtrips", "execs", "parallel", "oom", "lifecycle", "pods", "floor", "storm"}
 
 // runAll runs every benchmark once.
 func (e *env) runAll(ctx context.Context) (*results, error) {
@@ -93,6 +94,7 @@ func (e *env) runAll(ctx context.Context) (*results, error) {
 		{"oom", e.ooms},
 		{"lifecycle", e.lifecycleCPU},
 		{"pods", e.podPhases},
+		{"floor", e.floor},
 		{"storm", e.oomStorms},
 	}
 	for _, s := range steps {

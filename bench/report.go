@@ -144,6 +144,15 @@ func (r *results) newRows(cfg config) []row {
 			}
 		}
 	}
+	if f := r.floor; f != nil && len(r.pods) > 0 {
+		ph := r.pods[0]
+		rows = append(rows,
+			diagRow("8", fmt.Sprintf("floor: anonymous memory of a Go ttrpc server with only the task API (bench/floor, no container), idle; the reference: its USS per pod shim, %d pods, idle", ph.n), "MB",
+				f.idle*1024/mb, kB(field(ph.idle[ref], ussOf)), 2),
+			diagRow("8", fmt.Sprintf("floor: the same after %d calls and a release of its free heap; the reference: after the probes, %d pods", f.calls, ph.n), "MB",
+				f.after*1024/mb, kB(field(ph.probed[ref], ussOf)), 2),
+		)
+	}
 	if r.lifeRuns[ours] > 0 && r.lifeRuns[ref] > 0 {
 		per := func(d time.Duration, n int) float64 { return ms(d) / float64(n) }
 		rows = append(rows,
@@ -287,7 +296,7 @@ func (r *results) markdown(cfg config) string {
 	p("7. Wall time of `ctr task exec --exec-id <n> <id> true` into one running container per shim, after %d warm-ups. Diagnostics: the shim's CPU over those execs (its threads' `schedstat` run time; its children's `cutime`+`cstime`), and the same exec driven through a ttrpc connection of our own to the shim (address from the bundle's `bootstrap.json`), timing the shim and runc alone.\n", cfg.warmups)
 	p("8. Pods as CRI makes them: per shim binary, %v pods (one count at a time), each one shim (the runc group annotation) holding a `sleep` sandbox and a `sleep` workload container. After 3 s, `Pss:` and USS (`Private_Clean:` + `Private_Dirty:`) of each shim's `smaps_rollup`, averaged; then %d exec round trips of `true` per pod (stdout and stderr fifos, waited for and deleted, as kubelet's exec probes through CRI), %d in flight, interleaved over pods and binaries, and the same readings 3 s later. The node total is the sum of PSS over the shims of one binary. PSS splits shared pages between the shims of a binary, so it falls as pods are added; USS does not.\n", cfg.podCounts, cfg.podExecs, cfg.podConcurrency)
 	p("9. %d container lifecycles per binary (after %d warm-ups), each as `ctr run --rm true` makes it, through the client: create with stdout and stderr fifos, Wait, Start, the exit, Delete. The server's CPU: its threads' `schedstat` run time, read every millisecond after Delete until it exits; the start action's: what containerd (which reaps it) gains in `cutime`+`cstime`, exact over the sum to one 10 ms tick. runc's CPU is in neither.\n", cfg.lifecycles, cfg.warmups)
-	p("10. With the last pod count running, %d rounds of `Stats` of every pod's workload container (containerd's task metrics, which asks the shim; kubelet's stats polling), alternating binaries; each call timed; each shim's own CPU (`schedstat`) over all its calls divided by the calls; RSS 3 s after.\n", cfg.statsCalls)
+	p("10. With the last pod count running, %d rounds of `Stats` of every pod's workload container (containerd's task metrics, which asks the shim; kubelet's stats polling), alternating binaries, the rounds starting %s apart (kubelet polls every 10 s; what matters is that each shim is idle between its calls for longer than any timer it arms after a request: ours releases free heap 1 s after its last request); each call timed; each shim's own CPU (`schedstat`) from before the first call to 3 s after the last, divided by the calls; RSS 3 s after.\n", cfg.statsCalls, cfg.statsInterval)
 	p("11. Per storm, one pod shim (a `sleep` sandbox) and %d containers under a 20 MiB memory (and memory+swap) limit, each a shell blocked reading a fifo bind-mounted from the host; one write of a line for each releases them together, and each `exec`s `dd` of 200 MiB. The kill's time: the kernel's `Killed process <pid>` record in `/dev/kmsg` (the container's init pid), its monotonic stamp put on the wall clock by a marker record the benchmark writes first; the TaskOOM's: when it reached this benchmark's event subscription (where containerd's clients see it). The diagnostics also give the kill -> the TaskOOM envelope's timestamp (ours: when the shim queued the event; the reference's: when it published it). %d storms per binary, alternating.\n", cfg.stormSize, cfg.storms)
 	return b.String()
 }

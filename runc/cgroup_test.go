@@ -6,10 +6,12 @@ import (
 	"io/fs"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
 	stats1 "github.com/containerd/cgroups/v3/cgroup1/stats"
+	"golang.org/x/sys/unix"
 )
 
 // TestStatV1MatchesLibrary: the controllers' Stat in turn fill the same
@@ -175,4 +177,42 @@ func BenchmarkPidPathV1(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkStatsV1: the CPU one Stats call costs in the cgroup library's
+// file reads and in marshalling, with no ttrpc and no scheduling around it,
+// for this process's cgroups or, with STATS_PID=<pid>, a container's (go
+// test -run - -bench StatsV1 ./runc). cpu-ms/op is the process's user+sys
+// time (getrusage) per call: the least a shim using the library pays per
+// Stats call (bench/PROFILE.md, section 9).
+func BenchmarkStatsV1(b *testing.B) {
+	if cgroups.Mode() == cgroups.Unified {
+		b.Skip("unified cgroup v2")
+	}
+	pid := os.Getpid()
+	if s := os.Getenv("STATS_PID"); s != "" {
+		if _, err := fmt.Sscan(s, &pid); err != nil {
+			b.Fatalf("STATS_PID=%q: %v", s, err)
+		}
+	}
+	cg, err := LoadCgroup(pid)
+	if err != nil {
+		b.Skipf("no v1 cgroups to read: %v", err)
+	}
+	cpu := func() time.Duration {
+		var ru unix.Rusage
+		if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+			b.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	start := cpu()
+	n := 0
+	for b.Loop() {
+		if _, err := cg.Stats(); err != nil {
+			b.Fatal(err)
+		}
+		n++
+	}
+	b.ReportMetric(float64(cpu()-start)/float64(time.Millisecond)/float64(n), "cpu-ms/op")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime/debug"
 	"runtime/metrics"
+	"sync"
 	"time"
 
 	"github.com/containerd/log"
@@ -37,8 +38,9 @@ type idleState struct {
 // garbage collector's goal, 4 MB at least, and the runtime keeps those
 // pages; a pod shim then holds about 3 MB more than it needs until the
 // next burst. So once no request came for releaseAfter, the server
-// collects and returns the free pages to the kernel: one timer armed by
-// each request's end, which fires once and never while idle. Measured
+// collects and returns the free pages to the kernel (freeHeap says when
+// that is worth it): one timer armed by each request's end, which fires
+// once and never while idle. Measured
 // (bench, 20 pod shims x 250 exec round trips): USS 7.1 MB after the
 // probes without it, 4.1 MB with it.
 const releaseAfter = time.Second
@@ -55,17 +57,57 @@ func (s *Service) releaseCheck() {
 }
 
 // freeHeap collects and returns free heap pages to the kernel, but only
-// once the runtime has collected at least once: before its first cycle
-// it has none of the collector's own structures (about 0.7 MB, measured),
-// and a collection then costs more memory than the garbage of start-up it
-// frees. A shim that only created and started its containers never got
-// there (its heap stays below the collector's first goal).
+// once the runtime has collected at least once, and only once
+// releaseEvery bytes were allocated since the last release.
+//
+// Before its first cycle the runtime has none of the collector's own
+// structures (about 0.7 MB, measured), and a collection then costs more
+// memory than the garbage of start-up it frees: a shim that only created
+// and started its containers never got there (its heap stays below the
+// collector's first goal).
+//
+// The allocation gate is for kubelet's pace: a Stats poll or an exec probe
+// every 10 s ends a "burst" each time, and a release (a forced collection
+// and the hand-back, then the pages faulted in again) cost about 1.6 ms of
+// CPU for the 50-60 kB one such request allocates, more than the request
+// itself (measured: 2.5 ms per Stats call 1.3 s apart, 0.9 ms 0.3 s apart;
+// bench/PROFILE.md, section 9). With the gate a shim polled and probed
+// every 10 s releases every few minutes and holds at most releaseEvery of
+// garbage more than it would after a release.
 func freeHeap() {
-	sample := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	heapRelease.Lock()
+	defer heapRelease.Unlock()
+	sample := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/gc/heap/allocs:bytes"}}
 	metrics.Read(sample)
-	if sample[0].Value.Kind() == metrics.KindUint64 && sample[0].Value.Uint64() > 0 {
-		debug.FreeOSMemory()
+	cycles, allocated := metricUint(sample[0]), metricUint(sample[1])
+	if !shouldRelease(cycles, allocated, heapRelease.at) {
+		return
 	}
+	debug.FreeOSMemory()
+	heapRelease.at = allocated
+}
+
+// releaseEvery: the bytes allocated since the last release that make the
+// next one worth its CPU.
+const releaseEvery = 512 << 10
+
+// heapRelease: what the heap had allocated in all at the last release.
+var heapRelease struct {
+	sync.Mutex
+	at uint64
+}
+
+// shouldRelease: the runtime has collected, and releaseEvery bytes were
+// allocated since lastAt (the total at the last release, 0 for none).
+func shouldRelease(cycles, allocated, lastAt uint64) bool {
+	return cycles > 0 && allocated >= lastAt+releaseEvery
+}
+
+func metricUint(s metrics.Sample) uint64 {
+	if s.Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s.Value.Uint64()
 }
 
 // StartIdleExit arms the idle exit; the server calls it once it serves.

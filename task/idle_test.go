@@ -2,6 +2,8 @@ package task
 
 import (
 	"context"
+	"runtime"
+	"runtime/debug"
 	"testing"
 	"time"
 
@@ -140,4 +142,51 @@ func TestMemoryReleaseAfterBurst(t *testing.T) {
 	h.svc.idleMu.Lock()
 	h.svc.idle.release.Stop()
 	h.svc.idleMu.Unlock()
+}
+
+// TestShouldRelease: no release before the runtime's first collection,
+// and none until releaseEvery bytes were allocated since the last one.
+func TestShouldRelease(t *testing.T) {
+	for _, tc := range []struct {
+		cycles, allocated, lastAt uint64
+		want                      bool
+	}{
+		{0, 10 << 20, 0, false},
+		{1, 10 << 20, 0, true},
+		{1, releaseEvery - 1, 0, false},
+		{3, 5<<20 + releaseEvery - 1, 5 << 20, false},
+		{3, 5<<20 + releaseEvery, 5 << 20, true},
+	} {
+		if got := shouldRelease(tc.cycles, tc.allocated, tc.lastAt); got != tc.want {
+			t.Errorf("shouldRelease(%d, %d, %d) = %v, want %v", tc.cycles, tc.allocated, tc.lastAt, got, tc.want)
+		}
+	}
+}
+
+// sink keeps the test's allocations from being optimised away.
+var sink [][]byte
+
+// TestFreeHeapGated: freeHeap forces a collection (FreeOSMemory) after
+// enough allocation, and not again right after with nothing allocated.
+func TestFreeHeapGated(t *testing.T) {
+	var st debug.GCStats
+	numGC := func() int64 {
+		debug.ReadGCStats(&st)
+		return st.NumGC
+	}
+	runtime.GC()
+	for i := 0; i < 64; i++ {
+		sink = append(sink, make([]byte, 64<<10)) // 4 MB
+	}
+	sink = nil
+	before := numGC()
+	freeHeap()
+	if numGC() == before {
+		t.Fatal("no collection after 4 MB allocated")
+	}
+	before = numGC()
+	freeHeap()
+	if n := numGC(); n != before {
+		t.Fatalf("collected again (%d cycles) with nothing allocated since the release", n-before)
+	}
 }
