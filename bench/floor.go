@@ -32,7 +32,6 @@ const floorCalls = 2000
 type floorReading struct {
 	idle, after float64 // kB of anonymous memory
 	calls       int
-	threads     int // after the calls
 }
 
 func (e *env) floor(ctx context.Context, r *results) error {
@@ -106,9 +105,6 @@ func (e *env) floor(ctx context.Context, r *results) error {
 	}
 	if fr.after, err = anonKB(pid); err != nil {
 		return err
-	}
-	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err == nil {
-		fr.threads = len(ents)
 	}
 	r.floor = &fr
 	return ctx.Err()

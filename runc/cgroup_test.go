@@ -184,7 +184,7 @@ func BenchmarkPidPathV1(b *testing.B) {
 // for this process's cgroups or, with STATS_PID=<pid>, a container's (go
 // test -run - -bench StatsV1 ./runc). cpu-ms/op is the process's user+sys
 // time (getrusage) per call: the least a shim using the library pays per
-// Stats call (bench/PROFILE.md, section 9).
+// Stats call (bench/PROFILE.md, section 11).
 func BenchmarkStatsV1(b *testing.B) {
 	if cgroups.Mode() == cgroups.Unified {
 		b.Skip("unified cgroup v2")
