@@ -33,8 +33,9 @@ const (
 )
 
 // TTRPCForwarder forwards envelopes to containerd's ttrpc events service.
-// It dials lazily and redials after any failure, so a containerd restart
-// costs one failed attempt, not the shim.
+// It dials lazily and redials after a failure of the connection, so a
+// containerd restart costs one failed attempt, not the shim. The forwards
+// of different containers' events share the connection.
 type TTRPCForwarder struct {
 	address string
 
@@ -59,8 +60,11 @@ func (f *TTRPCForwarder) Forward(ctx context.Context, env *types.Envelope) error
 	defer cancel()
 	_, err = eventsapi.NewTTRPCEventsClient(c).Forward(ctx, &eventsapi.ForwardRequest{Envelope: env})
 	if err != nil {
-		f.drop(c)
 		if !rejected(err) {
+			// The connection may be broken: the next attempt dials
+			// afresh. A refusal leaves it to the forwards of other
+			// containers' events still in flight on it.
+			f.drop(c)
 			err = fmt.Errorf("%w: %w", err, ErrUnreachable)
 		}
 		return fmt.Errorf("forward %s: %w", env.Topic, err)

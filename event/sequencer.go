@@ -2,11 +2,17 @@
 // containerd.
 //
 // Every task event (create, start, exec, OOM, exit, delete) goes through one
-// Sequencer: a single goroutine forwards a single ordered queue. A failed
-// forward is retried in place, with bounded backoff, so a later event can
-// never overtake an earlier one. Publish returns a Ticket that is done once
-// the event has been forwarded (or its retries ran out, which is logged);
-// callers that must not answer before an event is out (Wait) block on it.
+// Sequencer. The events of one container form a lane, forwarded one at a
+// time in the order they were published; a failed forward is retried in
+// place, with bounded backoff, so a later event of that container can never
+// overtake an earlier one (its TaskOOM never comes after its TaskExit).
+// Different containers' lanes are forwarded side by side, at most MaxLanes
+// at once: when 50 containers of a pod are OOM-killed together, their
+// events do not wait for containerd's answers one after another, and a
+// container whose event containerd refuses does not hold back the others'.
+// Publish returns a Ticket that is done once the event has been forwarded
+// (or its retries ran out, which is logged); callers that must not answer
+// before an event is out (Wait) block on it.
 package event
 
 import (
@@ -70,6 +76,18 @@ type item struct {
 	done chan struct{}
 }
 
+// MaxLanes bounds how many containers' events are forwarded at once.
+const MaxLanes = 8
+
+// lane is the queue of one container's events. It exists while it holds
+// events: either a forwarding goroutine serves it or it waits in
+// Sequencer.waiting for one.
+type lane struct {
+	key     string
+	queue   []item
+	failing bool // its head event's forward is failing
+}
+
 // Sequencer is the single owner of task event order.
 type Sequencer struct {
 	namespace string
@@ -77,14 +95,17 @@ type Sequencer struct {
 	backoff   Backoff
 	now       func() time.Time
 
-	mu      sync.Mutex
-	queue   []item
-	closed  bool
-	failing chan struct{} // closed while the head event's forward is failing
-	failed  bool
+	mu       sync.Mutex
+	lanes    map[string]*lane // by container ID, the lanes holding events
+	waiting  []*lane          // lanes holding events that no goroutine serves
+	active   int              // forwarding goroutines, at most MaxLanes
+	queued   int              // events queued or being forwarded
+	closed   bool
+	failing  chan struct{} // closed while some lane's forward is failing
+	nfailing int           // lanes whose forward is failing
+	halted   bool          // stopped is closed
 
-	wake    chan struct{} // cap 1: queue became non-empty or closed
-	stopped chan struct{} // closed when the loop has returned
+	stopped chan struct{} // closed once Shutdown began and every event left
 	abort   chan struct{} // closed when Shutdown gives up waiting
 	// fwdCtx is every Forward's context, cancelled with abort so that a
 	// forward waiting on a stuck containerd gives up too.
@@ -93,7 +114,7 @@ type Sequencer struct {
 }
 
 // New starts a sequencer that stamps events with namespace and hands them to
-// fwd in order. Stop it with Shutdown.
+// fwd, each container's in order. Stop it with Shutdown.
 func New(namespace string, fwd Forwarder, backoff Backoff) *Sequencer {
 	if backoff.Attempts < 1 {
 		backoff.Attempts = 1
@@ -103,21 +124,28 @@ func New(namespace string, fwd Forwarder, backoff Backoff) *Sequencer {
 		fwd:       fwd,
 		backoff:   backoff,
 		now:       time.Now,
-		wake:      make(chan struct{}, 1),
+		lanes:     map[string]*lane{},
 		stopped:   make(chan struct{}),
 		abort:     make(chan struct{}),
 		failing:   make(chan struct{}),
 	}
 	s.fwdCtx, s.cancelFwd = context.WithCancel(context.Background())
-	go s.loop()
 	return s
 }
 
-// Publish appends an event to the queue. It never blocks on the forward.
+// containerEvent is every task event: each names its container.
+type containerEvent interface{ GetContainerID() string }
+
+// Publish appends an event to its container's lane. It never blocks on the
+// forward.
 func (s *Sequencer) Publish(ctx context.Context, topic string, ev proto.Message) (Ticket, error) {
 	any, err := typeurl.MarshalAnyToProto(ev)
 	if err != nil {
 		return nil, fmt.Errorf("marshal %s event: %w", topic, err)
+	}
+	var key string
+	if ce, ok := ev.(containerEvent); ok {
+		key = ce.GetContainerID()
 	}
 	it := item{
 		env: &types.Envelope{
@@ -134,91 +162,104 @@ func (s *Sequencer) Publish(ctx context.Context, topic string, ev proto.Message)
 		log.G(ctx).WithField("topic", topic).Error("event published after shutdown; it is lost")
 		return nil, ErrClosed
 	}
-	s.queue = append(s.queue, it)
+	l := s.lanes[key]
+	if l == nil {
+		l = &lane{key: key}
+		s.lanes[key] = l
+		s.waiting = append(s.waiting, l)
+	}
+	l.queue = append(l.queue, it)
+	s.queued++
+	var serve *lane
+	if s.active < MaxLanes && len(s.waiting) > 0 {
+		serve = s.takeWaitingLocked()
+		s.active++
+	}
 	s.mu.Unlock()
-	s.signal()
+	if serve != nil {
+		go s.run(serve)
+	}
 	return it.done, nil
 }
 
-func (s *Sequencer) signal() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
+func (s *Sequencer) takeWaitingLocked() *lane {
+	l := s.waiting[0]
+	s.waiting[0] = nil
+	s.waiting = s.waiting[1:]
+	if len(s.waiting) == 0 {
+		s.waiting = nil // let the backing array go
 	}
+	return l
 }
 
-// next returns the head of the queue without removing it, or ok=false when
-// the queue is empty; closed reports whether Shutdown has begun.
-func (s *Sequencer) next() (it item, ok, closed bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.queue) == 0 {
-		return item{}, false, s.closed
-	}
-	return s.queue[0], true, s.closed
-}
-
-func (s *Sequencer) pop() {
-	s.mu.Lock()
-	s.queue[0] = item{}
-	s.queue = s.queue[1:]
-	if len(s.queue) == 0 {
-		s.queue = nil // let the backing array go
-	}
-	s.mu.Unlock()
-}
-
-func (s *Sequencer) loop() {
-	defer close(s.stopped)
-	defer s.cancelFwd()
-	defer s.release()
+// run serves lanes until none waits: it forwards the head event of its
+// lane, and when that lane is empty, or others wait (they take turns, one
+// event each), it moves on to the longest-waiting lane. A goroutine exits
+// when no lane waits, so an idle shim has none.
+func (s *Sequencer) run(l *lane) {
 	for {
-		it, ok, closed := s.next()
-		if !ok {
-			if closed {
-				return
-			}
-			select {
-			case <-s.wake:
-			case <-s.abort:
-				return
-			}
-			continue
+		s.mu.Lock()
+		it := l.queue[0]
+		s.mu.Unlock()
+		select {
+		case <-s.abort:
+			log.L.WithFields(log.Fields{"topic": it.env.Topic, "container": l.key}).Error("event not forwarded before shutdown; it is lost")
+		default:
+			s.deliver(l, it)
 		}
-		s.deliver(it)
-		s.pop()
+		s.mu.Lock()
+		l.queue[0] = item{}
+		l.queue = l.queue[1:]
+		s.queued--
 		close(it.done)
+		switch {
+		case len(l.queue) == 0:
+			delete(s.lanes, l.key)
+			s.setFailingLocked(l, false)
+			l = nil
+		case len(s.waiting) > 0:
+			s.waiting = append(s.waiting, l)
+			l = nil
+		}
+		if l == nil {
+			if len(s.waiting) == 0 {
+				s.active--
+				s.haltLocked()
+				s.mu.Unlock()
+				return
+			}
+			l = s.takeWaitingLocked()
+		}
+		s.mu.Unlock()
 	}
 }
 
-// release marks whatever is still queued as done, so no caller waits on an
-// event that will never be forwarded. It only has work after an abort.
-func (s *Sequencer) release() {
-	s.mu.Lock()
-	rest := s.queue
-	s.queue = nil
-	s.mu.Unlock()
-	for _, it := range rest {
-		log.L.WithField("topic", it.env.Topic).Error("event not forwarded before shutdown; it is lost")
-		close(it.done)
+// haltLocked closes stopped once Shutdown has begun and no event is left.
+func (s *Sequencer) haltLocked() {
+	if s.closed && s.queued == 0 && s.active == 0 && !s.halted {
+		s.halted = true
+		s.cancelFwd()
+		close(s.stopped)
 	}
 }
 
 // deliver forwards one envelope, retrying in place. The event stays at the
-// head of the queue for the whole time, which is what keeps order.
-func (s *Sequencer) deliver(it item) {
+// head of its lane for the whole time, which is what keeps its container's
+// order.
+func (s *Sequencer) deliver(l *lane, it item) {
 	ctx := context.Background()
+	fields := log.Fields{"topic": it.env.Topic, "container": l.key}
 	delay := s.backoff.Initial
 	var err error
 	for attempt, tries := 1, 1; ; tries++ {
-		if err = s.forward(it); err == nil {
-			s.setFailing(false)
+		if err = s.forward(l, it); err == nil {
+			s.setFailing(l, false)
 			if tries > 1 {
-				log.G(ctx).WithFields(log.Fields{"topic": it.env.Topic, "tries": tries}).Info("event forwarded after retries")
+				log.G(ctx).WithFields(fields).WithField("tries", tries).Info("event forwarded after retries")
 			}
 			return
 		}
-		s.setFailing(true)
+		s.setFailing(l, true)
 		unreachable := errors.Is(err, ErrUnreachable)
 		if !unreachable {
 			if attempt >= s.backoff.Attempts {
@@ -228,7 +269,7 @@ func (s *Sequencer) deliver(it item) {
 		}
 		// One line for the first failures, then one every 20 tries.
 		if tries <= 3 || tries%20 == 0 {
-			log.G(ctx).WithError(err).WithFields(log.Fields{"topic": it.env.Topic, "tries": tries, "unreachable": unreachable}).
+			log.G(ctx).WithError(err).WithFields(fields).WithFields(log.Fields{"tries": tries, "unreachable": unreachable}).
 				Warn("forward event failed; retrying in place")
 		}
 		t := time.NewTimer(delay)
@@ -236,14 +277,14 @@ func (s *Sequencer) deliver(it item) {
 		case <-t.C:
 		case <-s.abort:
 			t.Stop()
-			log.G(ctx).WithError(err).WithField("topic", it.env.Topic).Error("shutdown gave up on event; it is lost")
+			log.G(ctx).WithError(err).WithFields(fields).Error("shutdown gave up on event; it is lost")
 			return
 		}
 		if delay *= 2; delay > s.backoff.Max {
 			delay = s.backoff.Max
 		}
 	}
-	log.G(ctx).WithError(err).WithFields(log.Fields{"topic": it.env.Topic, "attempts": s.backoff.Attempts}).
+	log.G(ctx).WithError(err).WithFields(fields).WithField("attempts", s.backoff.Attempts).
 		Error("forward event failed; retries exhausted, event dropped")
 }
 
@@ -251,7 +292,7 @@ func (s *Sequencer) deliver(it item) {
 // backoff.Stall marks forwarding as failing, for Flush, and goes on
 // waiting: the request is in containerd's hands, and sending it again
 // would deliver the event twice once containerd catches up.
-func (s *Sequencer) forward(it item) error {
+func (s *Sequencer) forward(l *lane, it item) error {
 	if s.backoff.Stall <= 0 {
 		return s.fwd.Forward(s.fwdCtx, it.env)
 	}
@@ -263,8 +304,8 @@ func (s *Sequencer) forward(it item) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if !answered {
-			s.setFailing(true)
-			log.L.WithField("topic", it.env.Topic).Warn("containerd has not answered an event forward; still waiting")
+			s.setFailing(l, true)
+			log.L.WithFields(log.Fields{"topic": it.env.Topic, "container": l.key}).Warn("containerd has not answered an event forward; still waiting")
 		}
 	})
 	err := s.fwd.Forward(s.fwdCtx, it.env)
@@ -275,38 +316,45 @@ func (s *Sequencer) forward(it item) error {
 	return err
 }
 
-// setFailing records whether forwarding fails, for Flush.
-func (s *Sequencer) setFailing(failing bool) {
+// setFailing records whether l's forward fails, for Flush.
+func (s *Sequencer) setFailing(l *lane, failing bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case failing && !s.failed:
-		close(s.failing)
-	case !failing && s.failed:
+	s.setFailingLocked(l, failing)
+}
+
+func (s *Sequencer) setFailingLocked(l *lane, failing bool) {
+	if l.failing == failing {
+		return
+	}
+	l.failing = failing
+	if failing {
+		if s.nfailing++; s.nfailing == 1 {
+			close(s.failing)
+		}
+		return
+	}
+	if s.nfailing--; s.nfailing == 0 {
 		s.failing = make(chan struct{})
 	}
-	s.failed = failing
 }
 
 // Shutdown refuses new events, waits until every queued event has been
-// forwarded (or dropped after its retries) and stops the goroutine. If ctx
-// ends first, the remaining events are logged as lost and ctx's error is
-// returned. It is safe to call more than once.
+// forwarded (or dropped after its retries) and every forwarding goroutine
+// has returned. If ctx ends first, the remaining events are logged as lost
+// and ctx's error is returned. It is safe to call more than once.
 func (s *Sequencer) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	first := !s.closed
 	s.closed = true
+	s.haltLocked()
 	s.mu.Unlock()
-	if first {
-		s.signal()
-	}
 	select {
 	case <-s.stopped:
 		return nil
 	case <-ctx.Done():
 	}
 	s.mu.Lock()
-	lost := len(s.queue)
+	lost := s.queued
 	s.mu.Unlock()
 	select {
 	case <-s.abort:
@@ -315,6 +363,9 @@ func (s *Sequencer) Shutdown(ctx context.Context) error {
 		s.cancelFwd()
 	}
 	<-s.stopped
+	if lost == 0 {
+		return nil
+	}
 	log.G(ctx).WithField("events", lost).Error("shutdown timed out before the event queue drained")
 	return fmt.Errorf("event: %d events not forwarded: %w", lost, ctx.Err())
 }
@@ -326,18 +377,25 @@ func (s *Sequencer) Shutdown(ctx context.Context) error {
 // serves events).
 func (s *Sequencer) Flush(ctx context.Context) error {
 	s.mu.Lock()
-	if len(s.queue) == 0 {
+	if s.queued == 0 {
 		s.mu.Unlock()
 		return nil
 	}
-	last, failing := s.queue[len(s.queue)-1].done, s.failing
-	s.mu.Unlock()
-	select {
-	case <-last:
-		return nil
-	case <-failing:
-		return ErrStalled
-	case <-ctx.Done():
-		return ctx.Err()
+	// Each lane's last event leaves after all the lane's others.
+	lasts := make([]chan struct{}, 0, len(s.lanes))
+	for _, l := range s.lanes {
+		lasts = append(lasts, l.queue[len(l.queue)-1].done)
 	}
+	failing := s.failing
+	s.mu.Unlock()
+	for _, last := range lasts {
+		select {
+		case <-last:
+		case <-failing:
+			return ErrStalled
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
