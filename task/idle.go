@@ -71,7 +71,7 @@ func (s *Service) releaseCheck() {
 // and the hand-back, then the pages faulted in again) cost about 1.6 ms of
 // CPU for the 50-60 kB one such request allocates, more than the request
 // itself (measured: 2.5 ms per Stats call 1.3 s apart, 0.9 ms 0.3 s apart;
-// bench/PROFILE.md, section 9). With the gate a shim polled and probed
+// bench/PROFILE.md, section 11). With the gate a shim polled and probed
 // every 10 s releases every few minutes and holds at most releaseEvery of
 // garbage more than it would after a release.
 func freeHeap() {
