@@ -23,7 +23,20 @@ import (
 // lifecycleSample is one lifecycle's shim CPU.
 type lifecycleSample struct {
 	server, start time.Duration
+	phases        [nPhases]float64 // ms, the client's wall time of each phase
 }
+
+// A lifecycle's phases as the client sees them.
+const (
+	phaseCreate   = iota // NewTask: the shim's start action, its server, Create (runc create)
+	phaseStart           // Start (runc start)
+	phaseExit            // Start's return -> the exit reaches the client's Wait
+	phaseDelete          // Delete (runc delete, the rootfs unmounted, the shim told to shut down)
+	phaseShutdown        // Delete's return -> the server gone (read every millisecond)
+	nPhases
+)
+
+var phaseNames = [nPhases]string{"create", "start", "to exit", "delete", "server gone after delete"}
 
 func (e *env) lifecycleCPU(ctx context.Context, r *results) error {
 	shims := e.shims()
@@ -37,6 +50,9 @@ func (e *env) lifecycleCPU(ctx context.Context, r *results) error {
 				r.lifeServer[s] += smp.server
 				r.lifeStart[s] += smp.start
 				r.lifeRuns[s]++
+				for p, v := range smp.phases {
+					r.lifePhases[s][p] = append(r.lifePhases[s][p], v)
+				}
 			}
 		}
 	}
@@ -59,10 +75,17 @@ func (e *env) lifecycle(ctx context.Context, id string, s int) (lifecycleSample,
 	if err != nil {
 		return smp, err
 	}
+	mark := time.Now()
+	lap := func(p int) {
+		now := time.Now()
+		smp.phases[p] = ms(now.Sub(mark))
+		mark = now
+	}
 	t, err := c.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, io.Discard, io.Discard), cio.WithFIFODir(e.fifoDir())))
 	if err != nil {
 		return smp, fmt.Errorf("create %s: %w", id, err)
 	}
+	lap(phaseCreate)
 	pid, ok := e.shimServers(sh)[id]
 	if !ok {
 		return smp, fmt.Errorf("no shim server for %s", id)
@@ -75,22 +98,27 @@ func (e *env) lifecycle(ctx context.Context, id string, s int) (lifecycleSample,
 	if err != nil {
 		return smp, err
 	}
+	mark = time.Now()
 	if err := t.Start(ctx); err != nil {
 		return smp, fmt.Errorf("start %s: %w", id, err)
 	}
+	lap(phaseStart)
 	select {
 	case <-exitCh:
 	case <-ctx.Done():
 		return smp, ctx.Err()
 	}
+	lap(phaseExit)
 	if _, err := t.Delete(ctx); err != nil {
 		return smp, fmt.Errorf("delete %s: %w", id, err)
 	}
+	lap(phaseDelete)
 	// The server shuts down after Delete: read it until it is gone.
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		v, err := ownCPU(pid)
 		if err != nil {
+			lap(phaseShutdown)
 			break
 		}
 		last = v

@@ -64,6 +64,7 @@ type results struct {
 	// and the start action's (containerd's cutime+cstime).
 	lifeServer, lifeStart [2]time.Duration
 	lifeRuns              [2]int
+	lifePhases            [2][nPhases][]float64 // ms per lifecycle, as the client sees each phase
 
 	pods  []*podPhase // per pod count
 	floor *floorReading
