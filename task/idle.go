@@ -5,6 +5,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
@@ -31,18 +32,26 @@ type idleState struct {
 	// release: the memory hand-back after a burst of requests.
 	release      *time.Timer
 	releaseAfter time.Duration
-	freeMemory   func() // freeHeap; tests count calls
+	releaseDue   func() bool // heapReleaseDue; tests choose
+	freeMemory   func()      // freeHeap; tests count calls
 }
 
 // A burst of requests (exec probes, Stats polls) grows the heap to the
 // garbage collector's goal, 4 MB at least, and the runtime keeps those
 // pages; a pod shim then holds about 3 MB more than it needs until the
 // next burst. So once no request came for releaseAfter, the server
-// collects and returns the free pages to the kernel (freeHeap says when
-// that is worth it): one timer armed by each request's end, which fires
-// once and never while idle. Measured
+// collects and returns the free pages to the kernel: one timer, armed (or
+// pushed back) by the end of each request after which a release is due
+// (heapReleaseDue), which fires once and never while idle. Measured
 // (bench, 20 pod shims x 250 exec round trips): USS 7.1 MB after the
 // probes without it, 4.1 MB with it.
+//
+// Only requests after which a release is due arm it: at kubelet's pace a
+// Stats poll or an exec probe comes alone every 10 s, allocates about a
+// tenth of releaseEvery, and a timer armed by each would wake the server
+// a second after each for nothing nine times in ten (measured: 1.29 ms of
+// server CPU per Stats call 1.2 s apart with that wakeup, 1.09 ms without
+// any timer; bench/PROFILE.md, section 14).
 const releaseAfter = time.Second
 
 // releaseCheck runs when the release timer fires.
@@ -77,24 +86,39 @@ func (s *Service) releaseCheck() {
 func freeHeap() {
 	heapRelease.Lock()
 	defer heapRelease.Unlock()
-	sample := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/gc/heap/allocs:bytes"}}
-	metrics.Read(sample)
-	cycles, allocated := metricUint(sample[0]), metricUint(sample[1])
-	if !shouldRelease(cycles, allocated, heapRelease.at) {
+	cycles, allocated := heapCounts()
+	if !shouldRelease(cycles, allocated, heapRelease.at.Load()) {
 		return
 	}
 	debug.FreeOSMemory()
-	heapRelease.at = allocated
+	heapRelease.at.Store(allocated)
+}
+
+// heapReleaseDue: freeHeap would release now. It takes no lock, so that a
+// request's end does not wait for a release in progress (which then
+// stores its own total, and the timer it was armed by re-checks).
+func heapReleaseDue() bool {
+	cycles, allocated := heapCounts()
+	return shouldRelease(cycles, allocated, heapRelease.at.Load())
+}
+
+// heapCounts: the runtime's completed collections and the bytes its heap
+// has allocated in all.
+func heapCounts() (cycles, allocated uint64) {
+	sample := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(sample)
+	return metricUint(sample[0]), metricUint(sample[1])
 }
 
 // releaseEvery: the bytes allocated since the last release that make the
 // next one worth its CPU.
 const releaseEvery = 512 << 10
 
-// heapRelease: what the heap had allocated in all at the last release.
+// heapRelease: what the heap had allocated in all at the last release;
+// the mutex makes one release at a time.
 var heapRelease struct {
 	sync.Mutex
-	at uint64
+	at atomic.Uint64
 }
 
 // shouldRelease: the runtime has collected, and releaseEvery bytes were
@@ -134,7 +158,7 @@ func (s *Service) Interceptor(ctx context.Context, u ttrpc.Unmarshaler, _ *ttrpc
 		if s.idle.timer != nil && s.idle.inflight == 0 {
 			s.idle.timer.Reset(s.idle.after)
 		}
-		if s.idle.inflight == 0 && s.idle.releaseAfter > 0 {
+		if s.idle.inflight == 0 && s.idle.releaseAfter > 0 && s.idle.releaseDue() {
 			if s.idle.release == nil {
 				s.idle.release = time.AfterFunc(s.idle.releaseAfter, s.releaseCheck)
 			} else {

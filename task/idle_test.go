@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"runtime/debug"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -107,6 +108,7 @@ func TestMemoryReleaseAfterBurst(t *testing.T) {
 	released := make(chan struct{}, 10)
 	h.svc.idleMu.Lock()
 	h.svc.idle.releaseAfter = 50 * time.Millisecond
+	h.svc.idle.releaseDue = func() bool { return true }
 	h.svc.idle.freeMemory = func() { released <- struct{}{} }
 	h.svc.idleMu.Unlock()
 	request := func(during func()) {
@@ -142,6 +144,77 @@ func TestMemoryReleaseAfterBurst(t *testing.T) {
 	h.svc.idleMu.Lock()
 	h.svc.idle.release.Stop()
 	h.svc.idleMu.Unlock()
+}
+
+// TestReleaseTimerOnlyWhenDue: a request after which no release is due
+// arms no timer (no wakeup a second after each of kubelet's polls); the
+// first one after which a release is due arms it, and it fires once.
+func TestReleaseTimerOnlyWhenDue(t *testing.T) {
+	h := newHarness(t, nil)
+	var due atomic.Bool
+	released := make(chan struct{}, 10)
+	h.svc.idleMu.Lock()
+	h.svc.idle.releaseAfter = 50 * time.Millisecond
+	h.svc.idle.releaseDue = due.Load
+	h.svc.idle.freeMemory = func() { released <- struct{}{} }
+	h.svc.idleMu.Unlock()
+	request := func() {
+		t.Helper()
+		if _, err := h.svc.Interceptor(context.Background(), func(interface{}) error { return nil },
+			&ttrpc.UnaryServerInfo{FullMethod: "/x/Stats"}, func(context.Context, func(interface{}) error) (interface{}, error) {
+				return nil, nil
+			}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	armed := func() bool {
+		h.svc.idleMu.Lock()
+		defer h.svc.idleMu.Unlock()
+		return h.svc.idle.release != nil
+	}
+	for i := 0; i < 3; i++ {
+		request()
+	}
+	if armed() {
+		t.Fatal("release timer armed after requests with no release due")
+	}
+	select {
+	case <-released:
+		t.Fatal("released with no release due")
+	case <-time.After(200 * time.Millisecond):
+	}
+	due.Store(true)
+	request()
+	if !armed() {
+		t.Fatal("no release timer after a request with a release due")
+	}
+	select {
+	case <-released:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no release after the request")
+	}
+	select {
+	case <-released:
+		t.Fatal("released twice")
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// TestHeapReleaseDue: the check a request's end makes agrees with
+// freeHeap's own: due after enough allocation, not right after a release.
+func TestHeapReleaseDue(t *testing.T) {
+	runtime.GC()
+	for i := 0; i < 64; i++ {
+		sink = append(sink, make([]byte, 64<<10)) // 4 MB
+	}
+	sink = nil
+	if !heapReleaseDue() {
+		t.Fatal("no release due after 4 MB allocated")
+	}
+	freeHeap()
+	if heapReleaseDue() {
+		t.Fatal("a release due right after one, with nothing allocated since")
+	}
 }
 
 // TestShouldRelease: no release before the runtime's first collection,

@@ -159,7 +159,7 @@ func New(ctx context.Context, c Config) *Service {
 		events:     c.Events,
 		oom:        c.OOM,
 		shutdown:   c.Shutdown,
-		idle:       idleState{after: c.IdleExit, releaseAfter: releaseAfter, freeMemory: freeHeap},
+		idle:       idleState{after: c.IdleExit, releaseAfter: releaseAfter, releaseDue: heapReleaseDue, freeMemory: freeHeap},
 		containers: make(map[string]*container),
 		running:    make(map[int]running),
 		factory:    runcFactory,
