@@ -83,20 +83,44 @@ func TestNoIdleExitWhileRequested(t *testing.T) {
 		t.Fatal("exited although the last request was just now")
 	}
 	h.ageLastRequest()
-	method := func(ctx context.Context, _ func(interface{}) error) (interface{}, error) {
+	interceptedRequest(t, h.svc, func() {
 		h.svc.idleCheck() // the timer firing while this request runs
-		return nil, nil
-	}
-	if _, err := h.svc.Interceptor(context.Background(), func(interface{}) error { return nil },
-		&ttrpc.UnaryServerInfo{FullMethod: "/x/State"}, method); err != nil {
-		t.Fatal(err)
-	}
+	})
 	if !h.stillUp() {
 		t.Fatal("exited while a request was in flight")
 	}
 	h.svc.idleCheck() // the request just ended
 	if !h.stillUp() {
 		t.Fatal("exited right after a request")
+	}
+}
+
+// interceptedRequest passes one request through svc's interceptor; during
+// runs as its handler.
+func interceptedRequest(t *testing.T, svc *Service, during func()) {
+	t.Helper()
+	if _, err := svc.Interceptor(context.Background(), func(interface{}) error { return nil },
+		&ttrpc.UnaryServerInfo{FullMethod: "/x/Request"}, func(context.Context, func(interface{}) error) (interface{}, error) {
+			during()
+			return nil, nil
+		}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// expectOneRelease: one release comes within 5 s, and no second one
+// within 300 ms after it.
+func expectOneRelease(t *testing.T, released <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-released:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no release after the last request")
+	}
+	select {
+	case <-released:
+		t.Fatal("released twice after one burst")
+	case <-time.After(300 * time.Millisecond):
 	}
 }
 
@@ -111,16 +135,7 @@ func TestMemoryReleaseAfterBurst(t *testing.T) {
 	h.svc.idle.releaseDue = func() bool { return true }
 	h.svc.idle.freeMemory = func() { released <- struct{}{} }
 	h.svc.idleMu.Unlock()
-	request := func(during func()) {
-		t.Helper()
-		if _, err := h.svc.Interceptor(context.Background(), func(interface{}) error { return nil },
-			&ttrpc.UnaryServerInfo{FullMethod: "/x/State"}, func(context.Context, func(interface{}) error) (interface{}, error) {
-				during()
-				return nil, nil
-			}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	request := func(during func()) { t.Helper(); interceptedRequest(t, h.svc, during) }
 	request(func() {})
 	// A second request in flight well past the first one's release time:
 	// the timer fires meanwhile and must find the server busy.
@@ -131,16 +146,7 @@ func TestMemoryReleaseAfterBurst(t *testing.T) {
 		case <-time.After(300 * time.Millisecond):
 		}
 	})
-	select {
-	case <-released:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no release after the last request")
-	}
-	select {
-	case <-released:
-		t.Fatal("released twice after one burst")
-	case <-time.After(300 * time.Millisecond):
-	}
+	expectOneRelease(t, released)
 	h.svc.idleMu.Lock()
 	h.svc.idle.release.Stop()
 	h.svc.idleMu.Unlock()
@@ -158,15 +164,7 @@ func TestReleaseTimerOnlyWhenDue(t *testing.T) {
 	h.svc.idle.releaseDue = due.Load
 	h.svc.idle.freeMemory = func() { released <- struct{}{} }
 	h.svc.idleMu.Unlock()
-	request := func() {
-		t.Helper()
-		if _, err := h.svc.Interceptor(context.Background(), func(interface{}) error { return nil },
-			&ttrpc.UnaryServerInfo{FullMethod: "/x/Stats"}, func(context.Context, func(interface{}) error) (interface{}, error) {
-				return nil, nil
-			}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	request := func() { t.Helper(); interceptedRequest(t, h.svc, func() {}) }
 	armed := func() bool {
 		h.svc.idleMu.Lock()
 		defer h.svc.idleMu.Unlock()
@@ -188,16 +186,7 @@ func TestReleaseTimerOnlyWhenDue(t *testing.T) {
 	if !armed() {
 		t.Fatal("no release timer after a request with a release due")
 	}
-	select {
-	case <-released:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no release after the request")
-	}
-	select {
-	case <-released:
-		t.Fatal("released twice")
-	case <-time.After(200 * time.Millisecond):
-	}
+	expectOneRelease(t, released)
 }
 
 // TestHeapReleaseDue: the check a request's end makes agrees with
