@@ -154,8 +154,12 @@ func TestEventsHeldForAMinute(t *testing.T) {
 
 	time.Sleep(time.Until(held.Add(holdFor)))
 	gate.release()
-	if _, err := rec.waitFor(te.ctx, "a's TaskDelete", isTopicOf("/tasks/delete", "a")); err != nil {
-		t.Fatal(err)
+	// Each container's TaskDelete is its last event; the lanes arrive in
+	// no fixed order, so wait for all three.
+	for _, id := range []string{"a", "b", "c"} {
+		if _, err := rec.waitFor(te.ctx, id+"'s TaskDelete", isTopicOf("/tasks/delete", id)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var got []string
 	seen := map[string]bool{}
