@@ -86,8 +86,8 @@ func (s *Service) releaseCheck() {
 func freeHeap() {
 	heapRelease.Lock()
 	defer heapRelease.Unlock()
-	cycles, allocated := heapCounts()
-	if !shouldRelease(cycles, allocated, heapRelease.at.Load()) {
+	due, allocated := releaseState()
+	if !due {
 		return
 	}
 	debug.FreeOSMemory()
@@ -98,16 +98,18 @@ func freeHeap() {
 // request's end does not wait for a release in progress (which then
 // stores its own total, and the timer it was armed by re-checks).
 func heapReleaseDue() bool {
-	cycles, allocated := heapCounts()
-	return shouldRelease(cycles, allocated, heapRelease.at.Load())
+	due, _ := releaseState()
+	return due
 }
 
-// heapCounts: the runtime's completed collections and the bytes its heap
-// has allocated in all.
-func heapCounts() (cycles, allocated uint64) {
+// releaseState reads the runtime's completed collections and the bytes
+// its heap has allocated in all: whether a release is due
+// (shouldRelease), and that total.
+func releaseState() (due bool, allocated uint64) {
 	sample := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/gc/heap/allocs:bytes"}}
 	metrics.Read(sample)
-	return metricUint(sample[0]), metricUint(sample[1])
+	allocated = metricUint(sample[1])
+	return shouldRelease(metricUint(sample[0]), allocated, heapRelease.at.Load()), allocated
 }
 
 // releaseEvery: the bytes allocated since the last release that make the
